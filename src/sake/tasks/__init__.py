@@ -1,0 +1,1 @@
+"""Task functions called by the entry points: `fn(cfg=..., run=...) -> metrics | None`."""

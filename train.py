@@ -1,0 +1,18 @@
+"""Entry point: `python train.py [overrides]` composes configs/train.yaml and runs its task."""
+
+import hydra
+from omegaconf import DictConfig
+
+from sake.utils.resolvers import register_resolvers
+from sake.utils.run import run_task
+
+register_resolvers()
+
+
+@hydra.main(version_base="1.3", config_path="configs", config_name="train")
+def main(cfg: DictConfig) -> None:
+    run_task(cfg)
+
+
+if __name__ == "__main__":
+    main()
