@@ -1,0 +1,1 @@
+"""The synthetic SAKE corpus: speech, animal calls, auditory tasks, questions, knowledge."""

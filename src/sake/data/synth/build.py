@@ -1,0 +1,44 @@
+"""Build a synthetic SAKE-format release directory: audio under audio/, JSON under data/."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict
+from pathlib import Path
+
+from sake.data.synth.corpus import SyntheticCorpus, build_corpus
+from sake.data.synth.pools import GENERATOR_VERSION, all_specs, plan_pools, render_pools
+from sake.data.synth.scales import SynthScale
+from sake.data.writers import write_release
+
+STAMP_NAME = "corpus.json"
+
+
+def corpus_stamp(scale: SynthScale, seed: int) -> dict:
+    """What identifies a generated corpus; a directory whose stamp differs is rebuilt."""
+    return {"generator_version": GENERATOR_VERSION, "seed": seed, "scale": asdict(scale)}
+
+
+def is_built(out: Path, scale: SynthScale, seed: int) -> bool:
+    stamp = Path(out) / STAMP_NAME
+    if not stamp.is_file():
+        return False
+    return json.loads(stamp.read_text(encoding="utf-8")) == corpus_stamp(scale, seed)
+
+
+def build_synthetic_release(
+    out: Path, scale: SynthScale, seed: int, *, workers: int = 2, progress: bool = True
+) -> SyntheticCorpus:
+    """Generate (or refresh) the corpus at `out`; clips already rendered are reused.
+
+    The stamp is written last, so an interrupted build is never mistaken for a finished one.
+    """
+    out = Path(out)
+    stamp = out / STAMP_NAME
+    stamp.unlink(missing_ok=True)
+    pools = plan_pools(scale, seed)
+    corpus = build_corpus(scale, seed, pools)
+    render_pools(list(all_specs(pools)), out / "audio", workers=workers, progress=progress)
+    write_release(corpus.splits, corpus.sequences, out)
+    stamp.write_text(json.dumps(corpus_stamp(scale, seed), indent=2) + "\n", encoding="utf-8")
+    return corpus
