@@ -1,0 +1,81 @@
+"""The LALM interface every model implements and every method and evaluator uses.
+
+Callers hand over probes (question, options, audio) and get text, losses or logits back;
+chat templates, audio placeholders, padding side and devices stay inside the model.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol, runtime_checkable
+
+import torch
+from torch import Tensor
+
+from sake.data.schema import Probe
+from sake.models.roles import ModuleMap
+
+
+@dataclass(frozen=True)
+class Turn:
+    """One turn of a dialogue; audio clips of a user turn come before its text."""
+
+    role: str
+    text: str
+    audio: tuple[Path, ...] = ()
+
+    def __post_init__(self) -> None:
+        if self.role not in ("user", "assistant"):
+            raise ValueError(f"turn role must be 'user' or 'assistant', got {self.role!r}")
+
+
+@dataclass
+class Batch:
+    """Model inputs for a batch of prompts, left-padded, ready for generation.
+
+    `answer_start[i]` is the index in `input_ids[i]` where the assistant's answer begins
+    (the position whose next-token distribution is the answer's first token).
+    `inputs` holds the model-specific tensors (audio features or cached embeddings).
+    """
+
+    input_ids: Tensor
+    attention_mask: Tensor
+    inputs: dict[str, Any] = field(default_factory=dict)
+    prompts: list[str] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return int(self.input_ids.shape[0])
+
+    @property
+    def device(self) -> torch.device:
+        return self.input_ids.device
+
+
+@runtime_checkable
+class LALM(Protocol):
+    """What methods and evaluators may rely on."""
+
+    modules: ModuleMap
+
+    @property
+    def model(self) -> torch.nn.Module: ...
+
+    def prepare(
+        self,
+        probes: Sequence[Probe],
+        *,
+        system: str | None = None,
+        history: Sequence[Turn] | None = None,
+    ) -> Batch: ...
+
+    def generate(self, batch: Batch, max_new_tokens: int) -> list[str]: ...
+
+    def target_nll(self, batch: Batch, targets: Sequence[str]) -> Tensor:
+        """Mean teacher-forced NLL per target token, one value per row, differentiable."""
+        ...
+
+    def next_token_logits(self, batch: Batch) -> Tensor:
+        """Logits of the first answer token, shape (batch, vocab)."""
+        ...

@@ -1,0 +1,669 @@
+"""DeSTA-architecture audio-language model: Whisper encoder -> Q-Former connector -> Llama.
+
+The module and parameter names follow the released DeSTA2.5-Audio code
+(`desta/models/modeling_desta25.py` in github.com/kehanlu/DeSTA2.5-Audio), so that its checkpoint
+(which stores only the connector) loads by name:
+
+- `perception.whisper` holds the Whisper encoder under `model.encoder`, the layout of
+  `WhisperForConditionalGeneration`, so `openai/whisper-*` weights load with the prefix
+  `perception.whisper.` (the release loads them the same way).
+- `perception.connector` is the Q-Former connector:
+  `layer_prompts.{i}` (1, prompt_size, d_encoder) learned queries for the i-th tapped layer,
+  `layer_weights` (prompt_size, n_tapped) softmax logits over tapped layers for every query,
+  `qformer` a transformers `BertEncoder` (is_decoder, add_cross_attention, eager attention, so
+  the queries self-attend bidirectionally and cross-attend to one encoder layer) shared by all
+  tapped layers and running at the encoder width, and `proj` = Sequential(LayerNorm, Linear)
+  into the LLM width.
+- `llm_model` is the decoder-only backbone (`LlamaForCausalLM`).
+
+Tapped layer `i` is the output of encoder layer `i` (0-based) before Whisper's final LayerNorm,
+as in the release (large-v3 is tapped at 7, 15, 23, 31).
+
+Audio enters the token sequence as in the release: every clip becomes a span
+`audio_start_ids + [audio_token_id] * prompt_size + transcript_ids + audio_end_ids`
+(the release writes "<start_audio>", 64 x "<|reserved_special_token_87|>", the transcript text,
+"<end_audio>"); the connector outputs overwrite the placeholder embeddings clip by clip in reading
+order, and the transcript keeps its own token embeddings.
+
+Two documented departures, both off for the full-size configuration: the tiny model may mask
+padded audio frames (`mask_padded_frames`), and clips may be shorter than Whisper's 30 s
+(`max_seconds`; the positional table is sized to match).
+
+Checkpoints are safetensors files holding only the chosen (trainable) tensors; the config and the
+trainable prefixes travel in the file's metadata as JSON. Loading checks keys strictly.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+from torch import Tensor, nn
+from transformers import BertConfig, LlamaConfig, LlamaForCausalLM, WhisperConfig
+from transformers.modeling_outputs import CausalLMOutputWithPast
+from transformers.models.bert.modeling_bert import BertEncoder
+from transformers.models.whisper.modeling_whisper import WhisperEncoder
+
+from sake.models.mel import LogMelSpectrogram, MelConfig, stack_waveforms
+
+CONNECTOR_PREFIX = "perception.connector"
+AUDIO_ENCODER_PREFIX = "perception.whisper"
+LLM_PREFIX = "llm_model"
+_CONFIG_METADATA_KEY = "sake_desta_config"
+_TRAINABLE_METADATA_KEY = "sake_trainable_prefixes"
+_FIXED_PARAMETER_SUFFIXES = ("embed_positions.weight",)
+
+ROLE_MODULE_NAMES = {
+    "audio_encoder": AUDIO_ENCODER_PREFIX,
+    "connector": CONNECTOR_PREFIX,
+    "llm.embed": f"{LLM_PREFIX}.model.embed_tokens",
+    "llm.norm": f"{LLM_PREFIX}.model.norm",
+    "lm_head": f"{LLM_PREFIX}.lm_head",
+}
+LLM_LAYERS_NAME = f"{LLM_PREFIX}.model.layers"
+
+
+# --------------------------------------------------------------------------- configuration
+
+
+@dataclass
+class DestaAudioEncoderConfig:
+    """Whisper encoder sizes; the clip length fixes the positional table (Whisper: 30 s)."""
+
+    n_mels: int = 80
+    d_model: int = 192
+    n_layers: int = 4
+    n_heads: int = 4
+    ffn_dim: int = 768
+    max_seconds: float = 5.0
+    sample_rate: int = 16000
+    n_fft: int = 400
+    hop_length: int = 160
+    mask_padded_frames: bool = True
+
+    @property
+    def n_mel_frames(self) -> int:
+        """Mel frames of a padded clip, the only input length the encoder accepts."""
+        return round(self.max_seconds * self.sample_rate) // self.hop_length
+
+    @property
+    def max_frames(self) -> int:
+        """Encoder positions after the stride-2 convolution (Whisper's max_source_positions)."""
+        return (self.n_mel_frames - 1) // 2 + 1
+
+    def mel_config(self) -> MelConfig:
+        return MelConfig(
+            sample_rate=self.sample_rate,
+            n_fft=self.n_fft,
+            hop_length=self.hop_length,
+            n_mels=self.n_mels,
+            max_seconds=self.max_seconds,
+        )
+
+    def whisper_config(self) -> WhisperConfig:
+        return WhisperConfig(
+            num_mel_bins=self.n_mels,
+            d_model=self.d_model,
+            encoder_layers=self.n_layers,
+            encoder_attention_heads=self.n_heads,
+            encoder_ffn_dim=self.ffn_dim,
+            max_source_positions=self.max_frames,
+        )
+
+
+@dataclass
+class DestaConnectorConfig:
+    """Q-Former connector sizes; it runs at the encoder width, as in the release."""
+
+    tapped_layers: tuple[int, ...] = (1, 3)
+    queries_per_layer: int = 16
+    n_layers: int = 2
+    n_heads: int = 4
+    ffn_dim: int = 768
+    dropout: float = 0.1
+    layer_norm_eps: float = 1e-12
+
+    def qformer_config(self, width: int) -> BertConfig:
+        return BertConfig(
+            hidden_size=width,
+            num_hidden_layers=self.n_layers,
+            num_attention_heads=self.n_heads,
+            intermediate_size=self.ffn_dim,
+            hidden_dropout_prob=self.dropout,
+            attention_probs_dropout_prob=self.dropout,
+            layer_norm_eps=self.layer_norm_eps,
+            is_decoder=True,
+            add_cross_attention=True,
+            attn_implementation="eager",
+        )
+
+
+@dataclass
+class DestaConfig:
+    """Everything needed to build the model; JSON-serialisable through `to_dict`.
+
+    `llm` holds `LlamaConfig` keyword arguments. `audio_start_ids` / `audio_end_ids` are the
+    token ids that frame each clip (one special token each in the tiny model; the tokenisation
+    of "<start_audio>" / "<end_audio>" for the release).
+    """
+
+    encoder: DestaAudioEncoderConfig
+    connector: DestaConnectorConfig
+    llm: dict[str, Any]
+    audio_token_id: int
+    audio_start_ids: tuple[int, ...] = ()
+    audio_end_ids: tuple[int, ...] = ()
+
+    def __post_init__(self) -> None:
+        self.connector.tapped_layers = tuple(int(i) for i in self.connector.tapped_layers)
+        self.audio_start_ids = tuple(int(i) for i in self.audio_start_ids)
+        self.audio_end_ids = tuple(int(i) for i in self.audio_end_ids)
+        _validate_config(self)
+
+    @property
+    def prompt_size(self) -> int:
+        """Placeholder tokens per clip (= queries per tapped layer)."""
+        return self.connector.queries_per_layer
+
+    def llm_config(self) -> LlamaConfig:
+        return LlamaConfig(**self.llm)
+
+    def audio_span(self, transcript_ids: Sequence[int] = ()) -> list[int]:
+        """Token ids that stand for one clip in the prompt, transcript after the placeholders."""
+        placeholders = [self.audio_token_id] * self.prompt_size
+        return [*self.audio_start_ids, *placeholders, *transcript_ids, *self.audio_end_ids]
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        json.dumps(data)  # fails here, not at save time, on values JSON cannot hold
+        return data
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> DestaConfig:
+        fields = dict(data)
+        fields["encoder"] = DestaAudioEncoderConfig(**fields["encoder"])
+        fields["connector"] = DestaConnectorConfig(**fields["connector"])
+        fields["llm"] = dict(fields["llm"])
+        return cls(**fields)
+
+
+def _validate_config(config: DestaConfig) -> None:
+    encoder, connector = config.encoder, config.connector
+    if not connector.tapped_layers:
+        raise ValueError("the connector needs at least one tapped encoder layer")
+    if list(connector.tapped_layers) != sorted(set(connector.tapped_layers)):
+        raise ValueError(f"tapped_layers must be strictly increasing: {connector.tapped_layers}")
+    if connector.tapped_layers[0] < 0 or connector.tapped_layers[-1] >= encoder.n_layers:
+        raise ValueError(
+            f"tapped_layers {connector.tapped_layers} must lie in [0, {encoder.n_layers})"
+        )
+    if encoder.d_model % encoder.n_heads or encoder.d_model % connector.n_heads:
+        raise ValueError(
+            f"encoder width {encoder.d_model} must be divisible by the encoder heads "
+            f"({encoder.n_heads}) and the connector heads ({connector.n_heads})"
+        )
+    vocab_size = config.llm.get("vocab_size")
+    token_ids = (config.audio_token_id, *config.audio_start_ids, *config.audio_end_ids)
+    if vocab_size is not None and not all(0 <= i < vocab_size for i in token_ids):
+        raise ValueError(f"audio token ids {token_ids} must lie in [0, {vocab_size})")
+
+
+def desta_tiny_config(
+    *,
+    vocab_size: int,
+    audio_token_id: int,
+    audio_start_token_id: int,
+    audio_end_token_id: int,
+    bos_token_id: int,
+    eos_token_id: int,
+    pad_token_id: int,
+) -> DestaConfig:
+    """The embedded default: a small DeSTA-architecture LALM trained by the project."""
+    llm = {
+        "vocab_size": vocab_size,
+        "hidden_size": 384,
+        "intermediate_size": 1024,
+        "num_hidden_layers": 6,
+        "num_attention_heads": 6,
+        "num_key_value_heads": 2,
+        "max_position_embeddings": 1024,
+        "rms_norm_eps": 1e-5,
+        "rope_parameters": {"rope_type": "default", "rope_theta": 10000.0},
+        "tie_word_embeddings": True,
+        "bos_token_id": bos_token_id,
+        "eos_token_id": eos_token_id,
+        "pad_token_id": pad_token_id,
+    }
+    return DestaConfig(
+        encoder=DestaAudioEncoderConfig(),
+        connector=DestaConnectorConfig(),
+        llm=llm,
+        audio_token_id=audio_token_id,
+        audio_start_ids=(audio_start_token_id,),
+        audio_end_ids=(audio_end_token_id,),
+    )
+
+
+def desta25_encoder_config() -> DestaAudioEncoderConfig:
+    """Whisper-large-v3 encoder as used by DeSTA2.5-Audio (30 s clips, no frame masking)."""
+    return DestaAudioEncoderConfig(
+        n_mels=128,
+        d_model=1280,
+        n_layers=32,
+        n_heads=20,
+        ffn_dim=5120,
+        max_seconds=30.0,
+        mask_padded_frames=False,
+    )
+
+
+def desta25_connector_config() -> DestaConnectorConfig:
+    """DeSTA2.5-Audio-Llama-3.1-8B connector: 6 BERT layers (FFN 3072, BertConfig's default)."""
+    return DestaConnectorConfig(
+        tapped_layers=(7, 15, 23, 31),
+        queries_per_layer=64,
+        n_layers=6,
+        n_heads=20,
+        ffn_dim=3072,
+        dropout=0.1,
+    )
+
+
+# --------------------------------------------------------------------------- modules
+
+
+class WhisperAudioEncoder(nn.Module):
+    """Whisper encoder that returns every layer's output so the connector can tap them."""
+
+    def __init__(self, config: DestaAudioEncoderConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.model = nn.ModuleDict({"encoder": WhisperEncoder(config.whisper_config())})
+
+    @property
+    def encoder(self) -> WhisperEncoder:
+        return self.model["encoder"]
+
+    def frame_mask(self, feature_mask: Tensor | None) -> Tensor | None:
+        """Mask of real encoder frames, or None when padded frames are not masked.
+
+        Encoder frame j is real when mel frame 2j is (the stride-2 convolution's centre).
+        """
+        if feature_mask is None or not self.config.mask_padded_frames:
+            return None
+        return feature_mask[:, ::2]
+
+    def forward(
+        self, input_features: Tensor, feature_mask: Tensor | None = None
+    ) -> tuple[Tensor, ...]:
+        """(clips, n_mels, n_mel_frames) -> n_layers + 1 tensors (clips, max_frames, d_model).
+
+        Entry 0 is the convolutional front end plus positions, entry i + 1 the output of layer i.
+        """
+        self._check_input(input_features)
+        encoder = self.encoder
+        hidden = nn.functional.gelu(encoder.conv1(input_features))
+        hidden = nn.functional.gelu(encoder.conv2(hidden)).permute(0, 2, 1)
+        hidden = hidden + encoder.embed_positions.weight[: hidden.shape[1]]
+        hidden = nn.functional.dropout(hidden, p=encoder.dropout, training=self.training)
+        frame_mask = self.frame_mask(feature_mask)
+        attention_bias = None if frame_mask is None else additive_key_mask(frame_mask, hidden.dtype)
+        states = [hidden]
+        for layer in encoder.layers:
+            hidden = layer(hidden, attention_bias)
+            states.append(hidden)
+        return tuple(states)
+
+    def _check_input(self, input_features: Tensor) -> None:
+        expected = (self.config.n_mels, self.config.n_mel_frames)
+        if input_features.dim() != 3 or tuple(input_features.shape[1:]) != expected:
+            raise ValueError(
+                f"the encoder expects (clips, {expected[0]}, {expected[1]}) log-mel features "
+                f"(clips padded to {self.config.max_seconds} s), got {tuple(input_features.shape)}"
+            )
+
+
+class QFormerConnector(nn.Module):
+    """Learned queries per tapped layer, a shared cross-attending BERT, softmax layer mixing."""
+
+    def __init__(self, config: DestaConnectorConfig, encoder_width: int, llm_width: int) -> None:
+        super().__init__()
+        self.config = config
+        n_tapped, n_queries = len(config.tapped_layers), config.queries_per_layer
+        self.layer_prompts = nn.ParameterList(
+            [nn.Parameter(torch.randn(1, n_queries, encoder_width)) for _ in range(n_tapped)]
+        )
+        self.layer_weights = nn.Parameter(torch.zeros(n_queries, n_tapped))
+        self.qformer = BertEncoder(config.qformer_config(encoder_width))
+        self.proj = nn.Sequential(nn.LayerNorm(encoder_width), nn.Linear(encoder_width, llm_width))
+
+    def layer_mixture(self) -> Tensor:
+        """(queries, n_tapped) weights of each tapped layer for every query; rows sum to 1."""
+        return torch.softmax(self.layer_weights, dim=-1)
+
+    def forward(self, hidden_states: Sequence[Tensor], frame_mask: Tensor | None = None) -> Tensor:
+        """Encoder states (as returned by the encoder) -> (clips, queries, llm_width)."""
+        n_tapped = len(self.config.tapped_layers)
+        tapped = torch.stack([hidden_states[i + 1] for i in self.config.tapped_layers])
+        tapped = tapped.to(self.layer_weights.dtype)
+        n_clips, n_frames, width = tapped.shape[1:]
+        queries = torch.cat(list(self.layer_prompts)).unsqueeze(1)
+        queries = queries.expand(-1, n_clips, -1, -1).reshape(n_tapped * n_clips, -1, width)
+        cross_bias = None
+        if frame_mask is not None:
+            cross_bias = additive_key_mask(frame_mask, tapped.dtype).repeat(n_tapped, 1, 1, 1)
+        read = self.qformer(
+            hidden_states=queries,
+            encoder_hidden_states=tapped.reshape(n_tapped * n_clips, n_frames, width),
+            encoder_attention_mask=cross_bias,
+        ).last_hidden_state
+        per_layer = read.view(n_tapped, n_clips, -1, width).permute(1, 2, 0, 3)
+        mixed = (per_layer * self.layer_mixture().unsqueeze(-1)).sum(dim=2)
+        return self.proj(mixed)
+
+
+class DestaPerception(nn.Module):
+    """Audio side of the model: `whisper` encoder and `connector`."""
+
+    def __init__(self, config: DestaConfig, llm_width: int) -> None:
+        super().__init__()
+        self.whisper = WhisperAudioEncoder(config.encoder)
+        self.connector = QFormerConnector(config.connector, config.encoder.d_model, llm_width)
+
+    def forward(self, input_features: Tensor, feature_mask: Tensor | None = None) -> Tensor:
+        """(clips, n_mels, frames) log-mel features -> (clips, prompt_size, llm_width)."""
+        hidden_states = self.whisper(input_features, feature_mask)
+        return self.connector(hidden_states, self.whisper.frame_mask(feature_mask))
+
+
+class DestaForCausalLM(nn.Module):
+    """Whisper encoder -> Q-Former connector -> Llama, with audio written over placeholders."""
+
+    def __init__(self, config: DestaConfig) -> None:
+        super().__init__()
+        self.config = config
+        llm_config = config.llm_config()
+        self.llm_model = LlamaForCausalLM(llm_config)
+        self.perception = DestaPerception(config, llm_config.hidden_size)
+        self.mel_front_end = LogMelSpectrogram(config.encoder.mel_config())
+
+    @classmethod
+    def from_config(cls, config: DestaConfig, *, seed: int) -> DestaForCausalLM:
+        """Build with a reproducible initialisation that leaves torch's global RNG untouched."""
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            return cls(config)
+
+    @property
+    def device(self) -> torch.device:
+        return self.llm_model.device
+
+    # ---------------------------------------------------------------- audio
+
+    def audio_features(
+        self, waveforms: Sequence[Any], lengths: Tensor | None = None
+    ) -> tuple[Tensor, Tensor]:
+        """Mono 16 kHz clips (a (clips, samples) tensor or a list) -> log-mel features and mask."""
+        if isinstance(waveforms, Tensor):
+            batch = waveforms
+        else:
+            batch, lengths = stack_waveforms(waveforms, self.config.encoder.mel_config().n_samples)
+        return self.mel_front_end(batch.to(self.device), lengths)
+
+    def embed_audio(self, input_features: Tensor, feature_mask: Tensor | None = None) -> Tensor:
+        """(clips, n_mels, frames) -> (clips, prompt_size, llm_hidden) in the LLM's dtype."""
+        features = input_features.to(self.perception.whisper.encoder.conv1.weight.dtype)
+        embeds = self.perception(features, feature_mask)
+        return embeds.to(self.llm_model.get_input_embeddings().weight.dtype)
+
+    # ---------------------------------------------------------------- text + audio
+
+    def placeholder_mask(self, input_ids: Tensor) -> Tensor:
+        """True where the audio placeholder token sits."""
+        return input_ids == self.config.audio_token_id
+
+    def build_inputs_embeds(self, input_ids: Tensor, audio_embeds: Tensor | None) -> Tensor:
+        """Token embeddings with clip k's audio embeddings over the k-th placeholder run.
+
+        Clips are taken in reading order: all clips of row 0 left to right, then row 1, and so on;
+        padding side does not matter.
+        """
+        mask = self.placeholder_mask(input_ids)
+        n_clips = 0 if audio_embeds is None else audio_embeds.shape[0]
+        self._check_placeholders(mask, audio_embeds)
+        embeds = self.llm_model.get_input_embeddings()(input_ids)
+        if n_clips == 0:
+            return embeds
+        source = audio_embeds.to(embeds.dtype).reshape(-1, embeds.shape[-1])
+        return embeds.masked_scatter(mask.unsqueeze(-1), source)
+
+    def _check_placeholders(self, mask: Tensor, audio_embeds: Tensor | None) -> None:
+        prompt_size = self.config.prompt_size
+        n_clips = 0 if audio_embeds is None else audio_embeds.shape[0]
+        if audio_embeds is not None and audio_embeds.shape[1] != prompt_size:
+            raise ValueError(
+                f"audio embeddings carry {audio_embeds.shape[1]} vectors per clip, "
+                f"the config's prompt_size is {prompt_size}"
+            )
+        n_placeholders = int(mask.sum())
+        if n_placeholders != n_clips * prompt_size:
+            raise ValueError(
+                f"found {n_placeholders} audio placeholder tokens (id {self.config.audio_token_id})"
+                f" but {n_clips} clips x prompt_size {prompt_size} = {n_clips * prompt_size}"
+            )
+        bad_runs = [n for n in placeholder_run_lengths(mask) if n % prompt_size]
+        if bad_runs:
+            raise ValueError(
+                f"placeholder runs of length {bad_runs} are not multiples of prompt_size "
+                f"{prompt_size}; a clip's span was cut or altered"
+            )
+
+    def forward(
+        self,
+        input_ids: Tensor,
+        attention_mask: Tensor,
+        input_features: Tensor | None = None,
+        feature_mask: Tensor | None = None,
+        audio_embeds: Tensor | None = None,
+        labels: Tensor | None = None,
+        output_hidden_states: bool = False,
+    ) -> CausalLMOutputWithPast:
+        """Logits, plus the shifted LM loss when `labels` is given, for a left/right-padded batch.
+
+        Pass either log-mel `input_features` or precomputed `audio_embeds` (e.g. cached).
+        """
+        audio_embeds = self._resolve_audio(input_features, feature_mask, audio_embeds)
+        return self.llm_model(
+            inputs_embeds=self.build_inputs_embeds(input_ids, audio_embeds),
+            attention_mask=attention_mask,
+            position_ids=position_ids_from_attention_mask(attention_mask),
+            labels=labels,
+            use_cache=False,
+            output_hidden_states=output_hidden_states,
+        )
+
+    @torch.no_grad()
+    def generate(
+        self,
+        input_ids: Tensor,
+        attention_mask: Tensor,
+        *,
+        max_new_tokens: int,
+        eos_token_id: int | Sequence[int],
+        pad_token_id: int,
+        input_features: Tensor | None = None,
+        feature_mask: Tensor | None = None,
+        audio_embeds: Tensor | None = None,
+    ) -> Tensor:
+        """Greedy continuation of a left-padded batch: (batch, new tokens), pads after EOS."""
+        if bool((attention_mask[:, -1] == 0).any()):
+            raise ValueError("generate needs left padding: a row ends with a padded position")
+        audio_embeds = self._resolve_audio(input_features, feature_mask, audio_embeds)
+        eos = [eos_token_id] if isinstance(eos_token_id, int) else list(eos_token_id)
+        return self.llm_model.generate(
+            inputs_embeds=self.build_inputs_embeds(input_ids, audio_embeds),
+            attention_mask=attention_mask,
+            max_new_tokens=max_new_tokens,
+            do_sample=False,
+            num_beams=1,
+            eos_token_id=eos,
+            pad_token_id=pad_token_id,
+        )
+
+    def _resolve_audio(
+        self,
+        input_features: Tensor | None,
+        feature_mask: Tensor | None,
+        audio_embeds: Tensor | None,
+    ) -> Tensor | None:
+        if input_features is not None and audio_embeds is not None:
+            raise ValueError("pass either input_features or audio_embeds, not both")
+        if input_features is not None:
+            return self.embed_audio(input_features, feature_mask)
+        return audio_embeds
+
+    # ---------------------------------------------------------------- trainable weights
+
+    def parameter_names(self, prefixes: Iterable[str]) -> list[str]:
+        """State-dict keys under the given module prefixes; an unknown prefix is an error."""
+        keys = list(self.state_dict().keys())
+        selected: list[str] = []
+        for prefix in prefixes:
+            matched = [k for k in keys if _under_prefix(k, prefix)]
+            if not matched:
+                raise ValueError(f"no parameters under the prefix {prefix!r}")
+            selected.extend(k for k in matched if k not in selected)
+        return selected
+
+    def freeze_except(self, prefixes: Iterable[str] = (CONNECTOR_PREFIX,)) -> list[str]:
+        """Make only parameters under `prefixes` trainable (Whisper's positions stay fixed)."""
+        prefixes = tuple(prefixes)
+        self.parameter_names(prefixes)
+        trainable = []
+        for name, parameter in self.named_parameters():
+            wanted = any(_under_prefix(name, p) for p in prefixes)
+            parameter.requires_grad_(wanted and not name.endswith(_FIXED_PARAMETER_SUFFIXES))
+            if parameter.requires_grad:
+                trainable.append(name)
+        return trainable
+
+    def trainable_state_dict(
+        self, prefixes: Iterable[str] = (CONNECTOR_PREFIX,)
+    ) -> dict[str, Tensor]:
+        """Detached copies of the tensors under `prefixes`."""
+        state = self.state_dict()
+        return {k: state[k].detach().clone() for k in self.parameter_names(prefixes)}
+
+    def load_trainable_state_dict(
+        self, state_dict: Mapping[str, Tensor], prefixes: Iterable[str] = (CONNECTOR_PREFIX,)
+    ) -> None:
+        """Copy tensors in, after checking that the keys are exactly those under `prefixes`."""
+        expected = self.parameter_names(prefixes)
+        check_state_dict_keys(expected, state_dict.keys())
+        state = self.state_dict()
+        mismatched = [
+            f"{k}: checkpoint {tuple(state_dict[k].shape)} vs model {tuple(state[k].shape)}"
+            for k in expected
+            if state_dict[k].shape != state[k].shape
+        ]
+        if mismatched:
+            raise CheckpointMismatchError("shape mismatch:\n  " + "\n  ".join(mismatched))
+        with torch.no_grad():
+            for key in expected:
+                state[key].copy_(state_dict[key])
+
+    def save_checkpoint(
+        self, path: str | Path, prefixes: Iterable[str] = (CONNECTOR_PREFIX,)
+    ) -> None:
+        """Write the tensors under `prefixes` plus config and prefixes to a safetensors file."""
+        prefixes = list(prefixes)
+        tensors = {k: v.contiguous().cpu() for k, v in self.trainable_state_dict(prefixes).items()}
+        metadata = {
+            _CONFIG_METADATA_KEY: json.dumps(self.config.to_dict()),
+            _TRAINABLE_METADATA_KEY: json.dumps(prefixes),
+        }
+        save_file(tensors, str(path), metadata=metadata)
+
+
+class CheckpointMismatchError(RuntimeError):
+    """A checkpoint's keys or shapes do not match the model."""
+
+
+def check_state_dict_keys(expected: Iterable[str], found: Iterable[str]) -> None:
+    """Raise naming every missing and unexpected key; silent partial loads are never allowed."""
+    expected_set, found_set = set(expected), set(found)
+    missing = sorted(expected_set - found_set)
+    unexpected = sorted(found_set - expected_set)
+    if missing or unexpected:
+        raise CheckpointMismatchError(
+            f"checkpoint keys do not match the model: missing keys {missing}, "
+            f"unexpected keys {unexpected}"
+        )
+
+
+def read_checkpoint(path: str | Path) -> tuple[DestaConfig, dict[str, Tensor], list[str]]:
+    """Config, tensors and trainable prefixes stored by `DestaForCausalLM.save_checkpoint`."""
+    with safe_open(str(path), framework="pt") as handle:
+        metadata = handle.metadata() or {}
+        if _CONFIG_METADATA_KEY not in metadata:
+            raise CheckpointMismatchError(f"{path} is not a DeSTA checkpoint (no config metadata)")
+        names = handle.keys()
+        tensors = {name: handle.get_tensor(name) for name in names}
+    config = DestaConfig.from_dict(json.loads(metadata[_CONFIG_METADATA_KEY]))
+    return config, tensors, json.loads(metadata[_TRAINABLE_METADATA_KEY])
+
+
+def load_checkpoint(
+    path: str | Path, base_model: DestaForCausalLM | None = None
+) -> DestaForCausalLM:
+    """Load a checkpoint into `base_model` (whose frozen weights it completes), strictly.
+
+    Without a base model the checkpoint must hold every tensor of the model it describes.
+    """
+    config, tensors, prefixes = read_checkpoint(path)
+    if base_model is None:
+        model = DestaForCausalLM.from_config(config, seed=0)
+        check_state_dict_keys(model.state_dict().keys(), tensors.keys())
+    else:
+        model = base_model
+        if model.config != config:
+            raise CheckpointMismatchError(
+                f"checkpoint config differs from the base model's:\n"
+                f"  checkpoint {config.to_dict()}\n  model      {model.config.to_dict()}"
+            )
+    model.load_trainable_state_dict(tensors, prefixes)
+    return model
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _under_prefix(name: str, prefix: str) -> bool:
+    return name == prefix or name.startswith(prefix + ".")
+
+
+def additive_key_mask(key_mask: Tensor, dtype: torch.dtype) -> Tensor:
+    """(batch, keys) bool -> (batch, 1, 1, keys) additive bias: 0 for real keys, -inf-ish else."""
+    bias = torch.zeros(key_mask.shape, dtype=dtype, device=key_mask.device)
+    bias = bias.masked_fill(~key_mask.bool(), torch.finfo(dtype).min)
+    return bias[:, None, None, :]
+
+
+def position_ids_from_attention_mask(attention_mask: Tensor) -> Tensor:
+    """Positions counted over real tokens only, so left padding does not shift them."""
+    return (attention_mask.long().cumsum(dim=-1) - 1).clamp(min=0)
+
+
+def placeholder_run_lengths(mask: Tensor) -> list[int]:
+    """Lengths of maximal runs of True in a (batch, seq) mask, in reading order."""
+    padded = nn.functional.pad(mask.to(torch.int8), (1, 1))
+    steps = torch.diff(padded, dim=-1)
+    starts = (steps == 1).nonzero()[:, 1]
+    ends = (steps == -1).nonzero()[:, 1]
+    return (ends - starts).tolist()
