@@ -1,0 +1,1 @@
+"""Measuring edits the way SAKE does: judging outputs, scoring probes, aggregating metrics."""
