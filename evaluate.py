@@ -1,4 +1,4 @@
-"""Entry point: `python evaluate.py [overrides]` composes configs/evaluate.yaml and runs its task."""
+"""Entry point: `python evaluate.py [overrides]` composes configs/evaluate.yaml, runs its task."""
 
 import hydra
 from omegaconf import DictConfig
