@@ -1,0 +1,340 @@
+"""Where the LLM judge's prompts are answered: an OpenAI-compatible endpoint or a local model.
+
+Both backends take a batch of chat prompts (lists of ``{"role", "content"}`` messages) and
+return one reply per prompt, in order. Replies are cached on disk, one JSON file per reply,
+named by the SHA-256 of the prompt and of the settings that change a reply (backend kind,
+model, generation settings; not the endpoint's URL or the API key), so a re-run, or a run
+that died halfway, pays only for prompts it has never sent. Identical prompts in one batch
+are sent once.
+
+The HTTP backend speaks the chat-completions protocol that OpenAI, vLLM, SGLang, llama.cpp
+and most gateways implement: POST ``{base_url}/chat/completions``. It sends requests from a
+thread pool and retries HTTP 408/429/5xx replies, timeouts and dropped connections with
+exponential backoff (honouring Retry-After); other errors are not retried. A prompt that
+still fails is reported in one `JudgeBackendError` once every other prompt of the batch has
+finished, and has been cached.
+
+The local backend runs a transformers causal LM with its tokenizer's chat template, greedy,
+in batches; it loads the model on first use.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import http.client
+import json
+import os
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from functools import cached_property
+from pathlib import Path
+from typing import Any, Protocol
+
+ChatPrompt = Sequence[Mapping[str, str]]
+
+_RETRYABLE_STATUS = frozenset({408, 429, 500, 502, 503, 504})
+_ERROR_SNIPPET = 300
+
+
+class JudgeBackendError(RuntimeError):
+    """A backend could not produce a reply (after its retries, where it retries)."""
+
+
+class JudgeBackend(Protocol):
+    """Answers chat prompts; `settings` are what a cached reply depends on."""
+
+    @property
+    def settings(self) -> dict[str, Any]: ...
+
+    def complete(self, prompts: Sequence[ChatPrompt]) -> list[str]: ...
+
+
+def cache_key(prompt: ChatPrompt, settings: Mapping[str, Any]) -> str:
+    """SHA-256 over the prompt's messages and the reply-changing settings."""
+    payload = {"messages": [dict(message) for message in prompt], "settings": dict(settings)}
+    encoded = json.dumps(payload, sort_keys=True, ensure_ascii=False).encode("utf-8")
+    return hashlib.sha256(encoded).hexdigest()
+
+
+class ResponseCache:
+    """Replies on disk under `directory/<2 hex>/<key>.json`, written atomically."""
+
+    def __init__(self, directory: str | Path) -> None:
+        self.directory = Path(directory)
+
+    def get(self, key: str) -> str | None:
+        path = self._path(key)
+        if not path.is_file():
+            return None
+        return json.loads(path.read_text(encoding="utf-8"))["reply"]
+
+    def put(self, key: str, prompt: ChatPrompt, settings: Mapping[str, Any], reply: str) -> None:
+        path = self._path(key)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        record = {
+            "settings": dict(settings),
+            "messages": [dict(message) for message in prompt],
+            "reply": reply,
+        }
+        partial = path.with_name(f"{path.name}.{os.getpid()}.{time.monotonic_ns()}.tmp")
+        partial.write_text(json.dumps(record, ensure_ascii=False, indent=1), encoding="utf-8")
+        os.replace(partial, path)
+
+    def _path(self, key: str) -> Path:
+        return self.directory / key[:2] / f"{key}.json"
+
+
+def complete_with_cache(
+    prompts: Sequence[ChatPrompt],
+    settings: Mapping[str, Any],
+    cache: ResponseCache | None,
+    compute: Callable[[list[ChatPrompt], Callable[[int, str], None]], None],
+) -> list[str]:
+    """Replies for `prompts`: cached ones read back, the others computed once per distinct key.
+
+    `compute(missing, deliver)` must call `deliver(i, reply)` for each prompt `missing[i]`;
+    each delivered reply is cached at once, so a batch that fails halfway keeps its progress.
+    """
+    keys = [cache_key(prompt, settings) for prompt in prompts]
+    replies: dict[str, str] = {}
+    if cache is not None:
+        for key in dict.fromkeys(keys):
+            cached = cache.get(key)
+            if cached is not None:
+                replies[key] = cached
+    first_prompt = {key: prompt for key, prompt in zip(keys, prompts, strict=True)}
+    missing = [key for key in dict.fromkeys(keys) if key not in replies]
+
+    def deliver(index: int, reply: str) -> None:
+        key = missing[index]
+        replies[key] = reply
+        if cache is not None:
+            cache.put(key, first_prompt[key], settings, reply)
+
+    if missing:
+        compute([first_prompt[key] for key in missing], deliver)
+    return [replies[key] for key in keys]
+
+
+class _RetryableError(Exception):
+    def __init__(self, message: str, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class HTTPChatBackend:
+    """An OpenAI-compatible chat-completions endpoint (see the module docstring).
+
+    `api_key_env` names the environment variable that holds the key (None: send no key);
+    `timeout_s` bounds each wait for the server (connecting, or the next bytes of a reply);
+    the n-th retry waits `backoff_s * 2**n` seconds, at most `max_backoff_s`.
+    """
+
+    def __init__(
+        self,
+        base_url: str,
+        model: str,
+        *,
+        api_key_env: str | None = None,
+        temperature: float = 0.0,
+        max_tokens: int = 512,
+        timeout_s: float = 60.0,
+        max_retries: int = 4,
+        backoff_s: float = 1.0,
+        max_backoff_s: float = 30.0,
+        concurrency: int = 8,
+        cache_dir: str | Path | None = None,
+        extra_body: Mapping[str, Any] | None = None,
+    ) -> None:
+        self.url = base_url.rstrip("/") + "/chat/completions"
+        self.model = model
+        self.temperature = temperature
+        self.max_tokens = max_tokens
+        self.timeout_s = timeout_s
+        self.max_retries = max_retries
+        self.backoff_s = backoff_s
+        self.max_backoff_s = max_backoff_s
+        self.concurrency = concurrency
+        self.extra_body = dict(extra_body or {})
+        self.cache = None if cache_dir is None else ResponseCache(cache_dir)
+        self._headers = {"Content-Type": "application/json"}
+        if api_key_env:
+            self._headers["Authorization"] = f"Bearer {_api_key(api_key_env)}"
+
+    @property
+    def settings(self) -> dict[str, Any]:
+        return {
+            "backend": "openai-chat",
+            "model": self.model,
+            "temperature": self.temperature,
+            "max_tokens": self.max_tokens,
+            "extra_body": self.extra_body,
+        }
+
+    def complete(self, prompts: Sequence[ChatPrompt]) -> list[str]:
+        return complete_with_cache(prompts, self.settings, self.cache, self._send_all)
+
+    def _send_all(self, prompts: list[ChatPrompt], deliver: Callable[[int, str], None]) -> None:
+        failures: list[str] = []
+        with ThreadPoolExecutor(max_workers=max(1, self.concurrency)) as pool:
+            futures = {pool.submit(self._send, prompt): i for i, prompt in enumerate(prompts)}
+            for future in as_completed(futures):
+                try:
+                    deliver(futures[future], future.result())
+                except JudgeBackendError as error:
+                    failures.append(str(error))
+        if failures:
+            raise JudgeBackendError(
+                f"{len(failures)} of {len(prompts)} judge requests failed; first: {failures[0]}"
+            )
+
+    def _send(self, prompt: ChatPrompt) -> str:
+        body = {
+            **self.extra_body,
+            "model": self.model,
+            "messages": [dict(message) for message in prompt],
+            "temperature": self.temperature,
+            "max_tokens": self.max_tokens,
+        }
+        encoded = json.dumps(body, ensure_ascii=False).encode("utf-8")
+        retries = 0
+        while True:
+            try:
+                return _reply_text(self._post(encoded))
+            except _RetryableError as error:
+                if retries == self.max_retries:
+                    raise JudgeBackendError(
+                        f"{self.url}: gave up after {retries + 1} attempts: {error}"
+                    ) from error
+                time.sleep(self._delay(retries, error.retry_after))
+                retries += 1
+
+    def _delay(self, attempt: int, retry_after: float | None) -> float:
+        delay = self.backoff_s * 2**attempt
+        if retry_after is not None:
+            delay = max(delay, retry_after)
+        return min(delay, self.max_backoff_s)
+
+    def _post(self, body: bytes) -> bytes:
+        request = urllib.request.Request(self.url, data=body, headers=self._headers, method="POST")
+        try:
+            with urllib.request.urlopen(request, timeout=self.timeout_s) as response:
+                return response.read()
+        except urllib.error.HTTPError as error:
+            detail = error.read()[:_ERROR_SNIPPET].decode("utf-8", "replace")
+            message = f"HTTP {error.code}: {detail}"
+            if error.code in _RETRYABLE_STATUS:
+                raise _RetryableError(message, _retry_after(error.headers)) from error
+            raise JudgeBackendError(f"{self.url}: {message}") from error
+        except urllib.error.URLError as error:
+            raise _RetryableError(f"connection failed: {error.reason}") from error
+        except (TimeoutError, ConnectionError, http.client.HTTPException) as error:
+            raise _RetryableError(f"{type(error).__name__}: {error}") from error
+
+
+def _api_key(variable: str) -> str:
+    key = os.environ.get(variable)
+    if not key:
+        raise JudgeBackendError(f"the judge's API key variable {variable} is not set")
+    return key
+
+
+def _retry_after(headers: Mapping[str, str] | None) -> float | None:
+    value = None if headers is None else headers.get("Retry-After")
+    try:
+        return None if value is None else float(value)
+    except ValueError:
+        return None
+
+
+def _reply_text(raw: bytes) -> str:
+    """The first choice's message content of a chat-completions response."""
+    try:
+        content = json.loads(raw)["choices"][0]["message"]["content"]
+    except (ValueError, KeyError, IndexError, TypeError) as error:
+        snippet = raw[:_ERROR_SNIPPET].decode("utf-8", "replace")
+        raise JudgeBackendError(f"malformed chat-completions response: {snippet}") from error
+    return content or ""
+
+
+class TransformersBackend:
+    """A local transformers causal LM: chat template, greedy decoding, batches."""
+
+    def __init__(
+        self,
+        model_name_or_path: str,
+        *,
+        device: str = "cpu",
+        dtype: str = "auto",
+        max_new_tokens: int = 512,
+        batch_size: int = 8,
+        cache_dir: str | Path | None = None,
+        trust_remote_code: bool = False,
+    ) -> None:
+        self.model_name_or_path = str(model_name_or_path)
+        self.device = device
+        self.dtype = dtype
+        self.max_new_tokens = max_new_tokens
+        self.batch_size = batch_size
+        self.trust_remote_code = trust_remote_code
+        self.cache = None if cache_dir is None else ResponseCache(cache_dir)
+
+    @property
+    def settings(self) -> dict[str, Any]:
+        return {
+            "backend": "transformers",
+            "model": self.model_name_or_path,
+            "dtype": self.dtype,
+            "max_new_tokens": self.max_new_tokens,
+        }
+
+    def complete(self, prompts: Sequence[ChatPrompt]) -> list[str]:
+        return complete_with_cache(prompts, self.settings, self.cache, self._generate_all)
+
+    @cached_property
+    def _components(self) -> tuple[Any, Any]:
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(
+            self.model_name_or_path, trust_remote_code=self.trust_remote_code
+        )
+        tokenizer.padding_side = "left"
+        if tokenizer.pad_token is None:
+            tokenizer.pad_token = tokenizer.eos_token
+        model = AutoModelForCausalLM.from_pretrained(
+            self.model_name_or_path, dtype=self.dtype, trust_remote_code=self.trust_remote_code
+        )
+        return model.to(self.device).eval(), tokenizer
+
+    def _generate_all(self, prompts: list[ChatPrompt], deliver: Callable[[int, str], None]) -> None:
+        _, tokenizer = self._components
+        texts = [
+            tokenizer.apply_chat_template(
+                [dict(message) for message in prompt], add_generation_prompt=True, tokenize=False
+            )
+            for prompt in prompts
+        ]
+        order = sorted(range(len(texts)), key=lambda i: (len(texts[i]), i))
+        for start in range(0, len(order), self.batch_size):
+            chunk = order[start : start + self.batch_size]
+            for index, reply in zip(chunk, self._generate([texts[i] for i in chunk]), strict=True):
+                deliver(index, reply)
+
+    def _generate(self, texts: list[str]) -> list[str]:
+        import torch
+
+        model, tokenizer = self._components
+        batch = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)
+        batch = batch.to(self.device)
+        with torch.no_grad():
+            generated = model.generate(
+                **batch,
+                max_new_tokens=self.max_new_tokens,
+                do_sample=False,
+                pad_token_id=tokenizer.pad_token_id,
+            )
+        new_tokens = generated[:, batch["input_ids"].shape[1] :]
+        return tokenizer.batch_decode(new_tokens, skip_special_tokens=True)
