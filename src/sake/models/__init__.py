@@ -1,6 +1,17 @@
 """LALMs behind one interface: the DeSTA-architecture model and wrappers of real LALMs."""
 
 from sake.models.base import LALM, Batch, Turn
+from sake.models.hf_common import HFAudioLALM, ModelUnavailableError, ModuleLayout, detect_layout
 from sake.models.roles import ModuleMap, ResolvedRole
 
-__all__ = ["LALM", "Batch", "ModuleMap", "ResolvedRole", "Turn"]
+__all__ = [
+    "LALM",
+    "Batch",
+    "HFAudioLALM",
+    "ModelUnavailableError",
+    "ModuleLayout",
+    "ModuleMap",
+    "ResolvedRole",
+    "Turn",
+    "detect_layout",
+]
