@@ -29,7 +29,7 @@ def test_entry_configs_compose_with_every_group(compose_cfg, entry: str) -> None
 
 
 def test_run_dir_names_task_method_model_dataset(compose_cfg) -> None:
-    cfg = compose_cfg("edit", ["method=none", "dataset=sake_synth_small"])
+    cfg = compose_cfg("edit", ["task=corpus", "method=none", "dataset=sake_synth_small"])
     run_dir = Path(OmegaConf.to_container(cfg.hydra.run, resolve=True)["dir"])
     assert run_dir.parts[-3] == "corpus"
     assert run_dir.name.startswith(tuple("0123456789"))

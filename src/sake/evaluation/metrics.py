@@ -1,0 +1,222 @@
+"""Judging probes and aggregating them the way SAKE (§3.2) does.
+
+Each probe gets one score:
+- reliability, generality, portability: the post-edit output is correct against the probe's
+  answer (y_e, or the edited fact);
+- audio and text locality: the post-edit output is consistent with the pre-edit output (the
+  same option chosen, or no option on either side and the same normalised text).
+Locality probes also get ground-truth accuracy before and after the edit (`gt_pre`,
+`gt_post`: the pre- and post-edit outputs judged against the probe's own answer), which tells
+an edit that keeps a wrong answer apart from one that keeps a right one.
+
+Single editing, per attribute: every metric is the mean of its probes' scores (reliability
+has one probe per case; audio locality is pooled over all its probes, types together);
+`<metric>/type<k>` is the mean over probes of that type. Over all attributes, every key is
+the unweighted mean of the per-attribute values of the attributes that have it (gender has no
+audio-locality type 2, so `locality_audio/type2` averages the other three).
+
+Keys of `single_metrics`, all fractions in [0, 1]:
+    single/reliability
+    single/generality, single/generality/type1..3
+    single/locality_audio, single/locality_audio/type1..4
+    single/locality_audio/gt_pre, .../gt_post, single/locality_audio/type<k>/gt_pre, .../gt_post
+    single/locality_text, single/locality_text/gt_pre, single/locality_text/gt_post
+    single/portability
+and the same under single/<Attribute>/... (Animal, Emotion, Gender, Language).
+
+Sequential editing: `sequential/<metric>/gap<g>` is the mean, over every edit evaluated g
+steps after it was applied, of that edit's score (the mean of its probes of that metric),
+pooled over edits and sequences; `sequential/locality_audio/gt_post/gap<g>` and the text
+equivalent give ground-truth accuracy after the edits at each gap.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from sake.data.schema import Probe, ProbeKind
+from sake.evaluation.judges.base import (
+    ConsistencyItem,
+    CorrectnessItem,
+    Judge,
+    OptionJudge,
+    Verdict,
+)
+from sake.evaluation.judges.option import choose_option
+from sake.evaluation.probing import expected_answer
+
+METRICS: tuple[str, ...] = tuple(kind.value for kind in ProbeKind)
+LOCALITY_KINDS: frozenset[str] = frozenset(
+    {ProbeKind.LOCALITY_AUDIO.value, ProbeKind.LOCALITY_TEXT.value}
+)
+GAPS: tuple[int, ...] = (0, 1, 2, 3, 4, 5)
+
+Record = Mapping[str, Any]
+
+
+def judge_probes(
+    probes: Sequence[Probe],
+    pre_outputs: Sequence[str],
+    post_outputs: Sequence[str],
+    judge: Judge | None = None,
+) -> list[dict[str, Any]]:
+    """What a record keeps about each probe: inputs, both outputs, choices and verdicts.
+
+    The judge sees all probes of the call in one batch (the LLM judge sends them
+    concurrently); an undecided verdict counts as not correct / not consistent and keeps its
+    explanation in the record. The option readings (`pre_choice`, `post_choice` and their
+    rule) are recorded whichever judge decides.
+    """
+    judge = judge or OptionJudge()
+    rows = list(zip(probes, pre_outputs, post_outputs, strict=True))
+    correct = judge.judge_correct(
+        [
+            CorrectnessItem(f"{i}/{side}", probe.question, probe.options, answer, output)
+            for i, (probe, pre, post) in enumerate(rows)
+            for side, answer, output in (
+                ("pre", expected_answer(probe, edited=False), pre),
+                ("post", probe.answer, post),
+            )
+        ]
+    )
+    consistent = judge.judge_consistent(
+        [
+            ConsistencyItem(str(i), probe.question, probe.options, pre, post)
+            for i, (probe, pre, post) in enumerate(rows)
+            if probe.kind.value in LOCALITY_KINDS
+        ]
+    )
+    by_id = {verdict.item_id: verdict for verdict in consistent}
+    return [
+        _judged(probe, pre, post, correct[2 * i], correct[2 * i + 1], by_id.get(str(i)))
+        for i, (probe, pre, post) in enumerate(rows)
+    ]
+
+
+def _judged(
+    probe: Probe,
+    pre_output: str,
+    post_output: str,
+    pre_verdict: Verdict,
+    post_verdict: Verdict,
+    consistency: Verdict | None,
+) -> dict[str, Any]:
+    pre_choice = choose_option(pre_output, probe.options)
+    post_choice = choose_option(post_output, probe.options)
+    consistent = None if consistency is None else bool(consistency.label)
+    post_correct = bool(post_verdict.label)
+    return {
+        "name": probe.name,
+        "kind": probe.kind.value,
+        "type": probe.type,
+        "question": probe.question,
+        "options": list(probe.options),
+        "answer": probe.answer,
+        "pre_answer": expected_answer(probe, edited=False),
+        "audio": None if probe.audio_path is None else str(probe.audio_path),
+        "pre_output": pre_output,
+        "post_output": post_output,
+        "pre_choice": pre_choice.index,
+        "pre_reason": pre_choice.reason,
+        "post_choice": post_choice.index,
+        "post_reason": post_choice.reason,
+        "pre_correct": bool(pre_verdict.label),
+        "post_correct": post_correct,
+        "consistent": consistent,
+        "score": post_correct if consistent is None else consistent,
+        "verdict": (post_verdict if consistency is None else consistency).explanation,
+    }
+
+
+def _probe_groups(judged: Mapping[str, Any]) -> Iterable[tuple[str, float]]:
+    """(metric key, value) pairs one judged probe contributes to."""
+    kind = judged["kind"]
+    keys = [kind] if judged["type"] is None else [kind, f"{kind}/type{judged['type']}"]
+    for key in keys:
+        yield key, float(judged["score"])
+        if kind in LOCALITY_KINDS:
+            yield f"{key}/gt_pre", float(judged["pre_correct"])
+            yield f"{key}/gt_post", float(judged["post_correct"])
+
+
+def single_metrics(records: Iterable[Record]) -> dict[str, float]:
+    """`single/...` metrics from single-editing records (see the module docstring)."""
+    groups: dict[str, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
+    for record in records:
+        for judged in record["probes"]:
+            for key, value in _probe_groups(judged):
+                groups[record["attribute"]][key].append(value)
+    per_attribute = {
+        attribute: {key: float(np.mean(values)) for key, values in keys.items()}
+        for attribute, keys in groups.items()
+    }
+    metrics: dict[str, float] = {}
+    for key in sorted({key for values in per_attribute.values() for key in values}):
+        present = [values[key] for values in per_attribute.values() if key in values]
+        metrics[f"single/{key}"] = float(np.mean(present))
+    for attribute in sorted(per_attribute):
+        for key, value in sorted(per_attribute[attribute].items()):
+            metrics[f"single/{attribute}/{key}"] = value
+    return metrics
+
+
+def case_scores(record: Record) -> dict[str, float]:
+    """Per metric, the mean score of one record's probes of that metric (absent: left out)."""
+    values: dict[str, list[float]] = defaultdict(list)
+    for judged in record["probes"]:
+        values[judged["kind"]].append(float(judged["score"]))
+        if judged["kind"] in LOCALITY_KINDS:
+            values[f"{judged['kind']}/gt_post"].append(float(judged["post_correct"]))
+    return {key: float(np.mean(scores)) for key, scores in values.items()}
+
+
+def sequential_metrics(records: Iterable[Record], gaps: Sequence[int] = GAPS) -> dict[str, float]:
+    """`sequential/<metric>/gap<g>` from sequential-editing records."""
+    pooled: dict[tuple[str, int], list[float]] = defaultdict(list)
+    for record in records:
+        if record["gap"] not in gaps:
+            continue
+        for key, value in case_scores(record).items():
+            pooled[(key, record["gap"])].append(value)
+    return {
+        f"sequential/{key}/gap{gap}": float(np.mean(values))
+        for (key, gap), values in sorted(pooled.items())
+    }
+
+
+SUMMARY_COLUMNS: tuple[tuple[str, str], ...] = (
+    ("reliability", "Rel"),
+    ("generality", "Gen"),
+    ("locality_audio", "Loc-A"),
+    ("locality_text", "Loc-T"),
+    ("portability", "Port"),
+)
+
+
+def summary_table(metrics: Mapping[str, float], attributes: Sequence[str]) -> str:
+    """Attributes by the five SAKE columns, in percent, under the overall row."""
+    rows = [("all", "single")] + [(attribute, f"single/{attribute}") for attribute in attributes]
+    return _table("", [(label, lambda m, p=prefix: f"{p}/{m}") for label, prefix in rows], metrics)
+
+
+def sequential_table(metrics: Mapping[str, float], gaps: Sequence[int] = GAPS) -> str:
+    """Gaps by the five SAKE columns, in percent."""
+    rows = [(str(gap), lambda m, g=gap: f"sequential/{m}/gap{g}") for gap in gaps]
+    return _table("gap", rows, metrics)
+
+
+def _table(
+    corner: str,
+    rows: Sequence[tuple[str, Callable[[str], str]]],
+    metrics: Mapping[str, float],
+) -> str:
+    lines = [f"{corner:<10}" + "".join(f"{title:>8}" for _, title in SUMMARY_COLUMNS)]
+    for label, key in rows:
+        values = [metrics.get(key(metric)) for metric, _ in SUMMARY_COLUMNS]
+        cells = "".join(f"{'-':>8}" if v is None else f"{100 * v:>8.1f}" for v in values)
+        lines.append(f"{label:<10}{cells}")
+    return "\n".join(lines)

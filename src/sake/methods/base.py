@@ -1,0 +1,202 @@
+"""The one protocol every editing method implements, and what it needs to be undone.
+
+An editor applies one `EditCase` to a model in place and hands back an `EditOutcome` whose
+`WeightSnapshot` holds copies of exactly the tensors it may have changed, taken before the
+change; restoring copies them back in place, so undoing an edit costs as much memory and time
+as the touched tensors, never a copy of the model. Methods that change no weight (in-context
+editing) return no snapshot and shape every later query through `context()` instead.
+
+Methods are chosen by Hydra: each `configs/method/<name>.yaml` points its `_target_` at a
+factory in `sake.methods.<file>` whose keyword arguments are the fields of the method's
+hyperparameter dataclass, so the config and the dataclass cannot drift apart.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from typing import Any, Protocol, runtime_checkable
+
+import torch
+from torch import Tensor, nn
+
+from sake.data.schema import EditCase
+from sake.models.base import LALM, Turn
+
+AUDIO_PATH_ROLES: tuple[str, ...] = ("audio_encoder", "connector")
+
+
+@dataclass(frozen=True)
+class QueryContext:
+    """What precedes every post-edit query: a system prompt and earlier dialogue turns."""
+
+    system: str | None = None
+    history: tuple[Turn, ...] = ()
+
+
+class WeightSnapshot:
+    """Copies of some parameters taken before an edit; `restore()` writes them back in place.
+
+    Restoring is bit-exact: the saved tensors are clones of the values, copied back with
+    `Tensor.copy_` into the very same parameter objects, so everything that refers to them
+    (tied weights, hooks, an optimizer) still does.
+    """
+
+    def __init__(self, parameters: Mapping[str, nn.Parameter], saved: Mapping[str, Tensor]) -> None:
+        if parameters.keys() != saved.keys():
+            raise ValueError("a snapshot needs exactly one saved tensor per parameter")
+        self._parameters = dict(parameters)
+        self._saved = dict(saved)
+
+    @classmethod
+    def take(cls, parameters: Mapping[str, nn.Parameter]) -> WeightSnapshot:
+        """Clone the current values of `parameters`."""
+        with torch.no_grad():
+            return cls(parameters, {name: p.detach().clone() for name, p in parameters.items()})
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return tuple(self._saved)
+
+    def restore(self) -> None:
+        with torch.no_grad():
+            for name, parameter in self._parameters.items():
+                parameter.data.copy_(self._saved[name])
+
+    def changed(self) -> tuple[str, ...]:
+        """Names of parameters whose current value differs from the saved one."""
+        return tuple(
+            name
+            for name, parameter in self._parameters.items()
+            if not torch.equal(parameter.detach(), self._saved[name])
+        )
+
+    def merged_with(self, later: WeightSnapshot | None) -> WeightSnapshot:
+        """A snapshot restoring to this one's values, covering the parameters of both.
+
+        Sequential editing keeps the earliest copy of every parameter any edit touched, so
+        one restore at the end of a sequence returns the original model.
+        """
+        parameters, saved = dict(self._parameters), dict(self._saved)
+        if later is not None:
+            for name, parameter in later._parameters.items():
+                if name not in saved:
+                    parameters[name] = parameter
+                    saved[name] = later._saved[name]
+        return WeightSnapshot(parameters, saved)
+
+
+@dataclass(frozen=True)
+class EditOutcome:
+    """What one edit did: how to undo it, how many optimisation steps, its loss and time."""
+
+    snapshot: WeightSnapshot | None
+    steps: int
+    final_loss: float | None
+    seconds: float
+
+
+@dataclass(frozen=True)
+class AppliedEdit:
+    """One edit as the editor's state remembers it."""
+
+    case_id: str
+    attribute: str
+    y_o: str
+    y_e: str
+
+    @classmethod
+    def of(cls, case: EditCase) -> AppliedEdit:
+        return cls(case.case_id, case.attribute, case.y_o, case.y_e)
+
+
+@dataclass
+class EditorState:
+    """Everything an editor accumulates between resets: the edits applied so far, in order.
+
+    Methods with more state (memories, statistics, retrieved demonstrations) subclass it and
+    extend `state_dict()`; everything in a state dict is JSON-serialisable.
+    """
+
+    edits: list[AppliedEdit] = field(default_factory=list)
+
+    def record(self, case: EditCase) -> None:
+        self.edits.append(AppliedEdit.of(case))
+
+    def reset(self) -> None:
+        self.edits.clear()
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"edits": [asdict(edit) for edit in self.edits]}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self.edits = [AppliedEdit(**edit) for edit in state["edits"]]
+
+
+@runtime_checkable
+class Editor(Protocol):
+    """An editing method bound to its hyperparameters.
+
+    `prepare` is called once per run before any edit (index training data, check roles);
+    `apply` edits the model in place; `context` is what every query after the edits carries.
+    `touches_audio_path` tells the runner whether audio-encoder and connector outputs may
+    change, i.e. whether they may be cached across edits.
+    """
+
+    name: str
+    state: EditorState
+
+    @property
+    def touches_audio_path(self) -> bool: ...
+
+    def prepare(self, lalm: LALM, train_cases: Sequence[EditCase]) -> None: ...
+
+    def apply(self, lalm: LALM, case: EditCase) -> EditOutcome: ...
+
+    def context(self) -> QueryContext: ...
+
+
+def role_touches_audio_path(role: str) -> bool:
+    """Whether a role names the audio encoder, the connector or a module inside them."""
+    return any(role == root or role.startswith(f"{root}.") for root in AUDIO_PATH_ROLES)
+
+
+@contextmanager
+def trainable_only(model: nn.Module, parameters: Mapping[str, nn.Parameter]) -> Iterator[None]:
+    """Let gradients flow to `parameters` only, and give every flag back afterwards.
+
+    Freezing the rest means no autograd graph is built for layers before the edited module,
+    which is most of an edit's cost.
+    """
+    chosen = {id(p) for p in parameters.values()}
+    flags = [(p, p.requires_grad) for p in model.parameters()]
+    try:
+        for parameter, _ in flags:
+            parameter.requires_grad_(id(parameter) in chosen)
+        yield
+    finally:
+        for parameter, flag in flags:
+            parameter.requires_grad_(flag)
+        for parameter in parameters.values():
+            parameter.grad = None
+
+
+def build_editor(method: Mapping[str, Any], available: Sequence[str] = ()) -> Editor:
+    """Instantiate the editor a method config names through its `_target_` factory.
+
+    `available` lists the method configs the user could choose instead, for the message.
+    """
+    from hydra.utils import instantiate
+
+    name = method.get("name", "?")
+    if "_target_" not in method:
+        choices = ", ".join(option for option in available if option != name) or "(none found)"
+        raise ValueError(
+            f"method {name!r} does not edit anything (its config has no _target_); "
+            f"choose an editing method with method=<name>, one of: {choices}"
+        )
+    editor = instantiate(method)
+    if not isinstance(editor, Editor):
+        raise TypeError(f"method {name!r} built a {type(editor).__name__}, which is not an Editor")
+    return editor

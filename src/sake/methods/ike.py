@@ -1,0 +1,223 @@
+"""In-context editing: I-IKE (instruction only) and IE-IKE (instruction plus demonstrations).
+
+Neither changes a weight. I-IKE states the edits in a system prompt that maps every pre-edit
+label to its post-edit label. IE-IKE adds a dialogue of demonstrations before each query,
+retrieved from the training split for the same (y_o, y_e) pair: reliability, generality,
+audio-locality and text-locality examples, each a user turn with its own audio followed by
+the expected answer, so the model sees the edit applied where it should be and ignored where
+it should not.
+
+Retrieval takes the training cases with the same attribute and (y_o, y_e) pair; when the
+training split has none, the cases with the same y_e; failing that, any case of the same
+attribute. Among the candidates one is picked by a hash of the seed and the edited case's id,
+so that the choice does not depend on the order of the edits (a resumed run retrieves the same
+demonstrations).
+
+Sequential editing: the system prompt accumulates every edit applied since the last reset,
+while IE-IKE keeps only the demonstrations of the latest edit, which bounds the context at
+one demonstration set however long the sequence.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections import defaultdict
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from time import perf_counter
+from typing import Any
+
+from sake.data.schema import EditCase, Probe
+from sake.methods.base import AppliedEdit, EditorState, EditOutcome, QueryContext
+from sake.models.base import LALM, Turn
+
+SUBJECTS: dict[str, str] = {
+    "Animal": "animal making the sound",
+    "Emotion": "emotion of the speaker",
+    "Gender": "gender of the speaker",
+    "Language": "language being spoken",
+}
+
+INSTRUCTIONS = (
+    "Some facts about audio have been updated. When an audio clip shows the first label of a "
+    "line below, it now counts as the second label:\n{rules}\n"
+    "Treat the new label as the truth and carry everything that follows from it over as well: "
+    "its traits, the facts about it and what it is associated with, not only its name. "
+    "These updates concern questions about audio clips only. Answer every other question, "
+    "with or without audio, exactly as you would without them."
+)
+
+
+def edit_rule(edit: AppliedEdit) -> str:
+    subject = SUBJECTS.get(edit.attribute, edit.attribute.lower())
+    return f"- {subject}: {edit.y_o} -> {edit.y_e}"
+
+
+def instruction_prompt(edits: Sequence[AppliedEdit]) -> str | None:
+    """The system prompt stating `edits`, or None when there is nothing to state."""
+    if not edits:
+        return None
+    rules = "\n".join(dict.fromkeys(edit_rule(edit) for edit in edits))
+    return INSTRUCTIONS.format(rules=rules)
+
+
+@dataclass(frozen=True)
+class InstructionConfig:
+    """Hyperparameters of I-IKE; exactly the fields of `configs/method/i_ike.yaml`."""
+
+    name: str
+
+
+@dataclass(frozen=True)
+class DemonstrationConfig:
+    """Hyperparameters of IE-IKE; exactly the fields of `configs/method/ie_ike.yaml`.
+
+    The counts are upper bounds per probe kind, taken in the retrieved case's order (gender
+    cases carry three audio-locality probes, so they give three).
+    """
+
+    name: str
+    reliability: int = 1
+    generality: int = 3
+    locality_audio: int = 4
+    locality_text: int = 1
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        counts = (self.reliability, self.generality, self.locality_audio, self.locality_text)
+        if min(counts) < 0:
+            raise ValueError(f"{self.name}: demonstration counts must be non-negative")
+
+
+@dataclass
+class InContextState(EditorState):
+    """The edits so far and the demonstrations currently shown (IE-IKE only)."""
+
+    demonstrations: list[Turn] = field(default_factory=list)
+
+    def reset(self) -> None:
+        super().reset()
+        self.demonstrations.clear()
+
+    def state_dict(self) -> dict[str, Any]:
+        turns = [
+            {"role": t.role, "text": t.text, "audio": [str(a) for a in t.audio]}
+            for t in self.demonstrations
+        ]
+        return {**super().state_dict(), "demonstrations": turns}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        super().load_state_dict(state)
+        self.demonstrations = [
+            Turn(t["role"], t["text"], tuple(Path(a) for a in t["audio"]))
+            for t in state.get("demonstrations", ())
+        ]
+
+
+class InstructionEditor:
+    """I-IKE: the edits live in the system prompt of every later query."""
+
+    touches_audio_path = False
+
+    def __init__(self, config: InstructionConfig) -> None:
+        self.config = config
+        self.name = config.name
+        self.state = InContextState()
+
+    def prepare(self, lalm: LALM, train_cases: Sequence[EditCase]) -> None:
+        return None
+
+    def apply(self, lalm: LALM, case: EditCase) -> EditOutcome:
+        start = perf_counter()
+        self.state.record(case)
+        return EditOutcome(None, 0, None, perf_counter() - start)
+
+    def context(self) -> QueryContext:
+        return QueryContext(system=instruction_prompt(self.state.edits))
+
+
+class DemonstrationEditor(InstructionEditor):
+    """IE-IKE: I-IKE's system prompt plus retrieved demonstrations as earlier turns."""
+
+    def __init__(self, config: DemonstrationConfig) -> None:
+        super().__init__(InstructionConfig(config.name))
+        self.demo_config = config
+        self._by_pair: dict[tuple[str, str, str], list[EditCase]] = {}
+        self._by_target: dict[tuple[str, str], list[EditCase]] = {}
+        self._by_attribute: dict[str, list[EditCase]] = {}
+
+    def prepare(self, lalm: LALM, train_cases: Sequence[EditCase]) -> None:
+        """Index the training split by (attribute, y_o, y_e), (attribute, y_e) and attribute."""
+        if not train_cases:
+            raise ValueError(
+                f"{self.name} retrieves demonstrations from the training split, but the dataset "
+                "has no training cases; use a dataset with a train split or method=i_ike"
+            )
+        self._by_pair = _grouped(train_cases, lambda c: (c.attribute, c.y_o, c.y_e))
+        self._by_target = _grouped(train_cases, lambda c: (c.attribute, c.y_e))
+        self._by_attribute = _grouped(train_cases, lambda c: c.attribute)
+
+    def apply(self, lalm: LALM, case: EditCase) -> EditOutcome:
+        start = perf_counter()
+        self.state.record(case)
+        self.state.demonstrations = demonstration_turns(self.retrieve(case), self.demo_config)
+        return EditOutcome(None, 0, None, perf_counter() - start)
+
+    def retrieve(self, case: EditCase) -> EditCase:
+        """The training case whose probes demonstrate this edit (see the module docstring)."""
+        candidates = (
+            self._by_pair.get((case.attribute, case.y_o, case.y_e))
+            or self._by_target.get((case.attribute, case.y_e))
+            or self._by_attribute.get(case.attribute)
+        )
+        if not candidates:
+            raise ValueError(
+                f"{self.name}: the training split has no {case.attribute} case to retrieve "
+                f"demonstrations for case {case.case_id!r} from"
+            )
+        return candidates[_stable_index(self.demo_config.seed, case.case_id, len(candidates))]
+
+    def context(self) -> QueryContext:
+        return QueryContext(
+            system=instruction_prompt(self.state.edits),
+            history=tuple(self.state.demonstrations),
+        )
+
+
+def demonstration_turns(case: EditCase, config: DemonstrationConfig) -> list[Turn]:
+    """User/assistant turn pairs for the chosen probes of a training case."""
+    chosen: list[Probe] = [
+        *(case.reliability,)[: config.reliability],
+        *case.generality[: config.generality],
+        *case.locality_audio[: config.locality_audio],
+        *case.locality_text[: config.locality_text],
+    ]
+    turns: list[Turn] = []
+    for probe in chosen:
+        audio = () if probe.audio_path is None else (Path(probe.audio_path),)
+        turns.append(Turn("user", probe.question, audio))
+        turns.append(Turn("assistant", probe.answer))
+    return turns
+
+
+def _grouped(cases: Iterable[EditCase], key: Any) -> dict[Any, list[EditCase]]:
+    groups: dict[Any, list[EditCase]] = defaultdict(list)
+    for case in sorted(cases, key=lambda c: c.case_id):
+        groups[key(case)].append(case)
+    return dict(groups)
+
+
+def _stable_index(seed: int, case_id: str, size: int) -> int:
+    digest = hashlib.sha256(f"{seed}:{case_id}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") % size
+
+
+def build_i_ike(**fields: object) -> InstructionEditor:
+    """Hydra factory for `configs/method/i_ike.yaml`."""
+    return InstructionEditor(InstructionConfig(**fields))
+
+
+def build_ie_ike(**fields: object) -> DemonstrationEditor:
+    """Hydra factory for `configs/method/ie_ike.yaml`."""
+    return DemonstrationEditor(DemonstrationConfig(**fields))

@@ -1,0 +1,449 @@
+"""The single and sequential editing protocols: edit, ask, judge, record, undo.
+
+Single editing (SAKE §4.1): for every case, apply its edit, ask all of its probes in one
+batched call, judge them against the pre-edit outputs and the answers, append one record,
+restore the touched weights.
+
+Sequential editing (SAKE §4.2): for every sequence, apply its edits in order without
+restoring; after edit i, evaluate every earlier edit j with j < `max_edit` and i - j <=
+`max_gap`, i.e. exactly the (edit, step) pairs the protocol reports, and nothing after the
+last step any of them needs. Locality is always judged against the original model's outputs.
+One record per (sequence, step, edit); the model is restored at the end of each sequence.
+
+Pre-edit outputs come from `PreEditCache`: generated once per model (by fingerprint) and
+probe, in large batches before any edit, kept on disk and shared by every method and run.
+Audio-encoder and connector outputs are cached for the whole run when the method cannot
+change them, and within one evaluation otherwise.
+
+Resuming: the runner skips every record the writer already holds (single: by case; a
+sequence with missing records is replayed from its first edit, since its model state is not
+on disk, and only the missing records are written). Editors are deterministic, so the
+replayed records equal the lost ones.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from collections import defaultdict
+from collections.abc import Hashable, Iterator, Mapping, Sequence
+from contextlib import AbstractContextManager, contextmanager, nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+from time import perf_counter
+from typing import Any
+
+from sake.data.schema import EditCase, Probe
+from sake.data.schema import Sequence as EditSequence
+from sake.evaluation.judges.base import Judge, OptionJudge
+from sake.evaluation.metrics import judge_probes
+from sake.evaluation.probing import generate_answers
+from sake.evaluation.records import Record, RecordWriter, record_key
+from sake.methods.base import Editor, EditOutcome, WeightSnapshot
+from sake.models.base import LALM
+
+log = logging.getLogger(__name__)
+
+PROTOCOLS: tuple[str, ...] = ("single", "sequential")
+PRE_EDIT_DIR = "pre_edit"
+PRE_EDIT_FILE = "outputs.jsonl"
+PRE_EDIT_CHUNK_BATCHES = 8
+MAX_REPORTED_PROBLEMS = 5
+
+
+@dataclass(frozen=True)
+class EvalSettings:
+    """How probes are asked and which sequential pairs are evaluated (`configs/eval`)."""
+
+    protocol: str = "single"
+    max_new_tokens: int = 24
+    batch_size: int = 32
+    max_edit: int = 5
+    max_gap: int = 5
+
+    def __post_init__(self) -> None:
+        if self.protocol not in PROTOCOLS:
+            raise ValueError(
+                f"unknown protocol {self.protocol!r}; set eval.protocol to one of "
+                f"{', '.join(PROTOCOLS)}"
+            )
+        if self.max_new_tokens < 1 or self.batch_size < 1:
+            raise ValueError("eval.max_new_tokens and eval.batch_size must be at least 1")
+
+
+# --------------------------------------------------------------------------- inputs
+
+
+def check_cases(cases: Sequence[EditCase], audio_root: Path | None) -> None:
+    """Fail before any edit on probes the runner cannot ask or judge.
+
+    Raises ValueError naming the case and probe when a probe has no options, and
+    FileNotFoundError naming the missing files and the audio root when audio is absent.
+    """
+    missing: list[str] = []
+    for case in cases:
+        for probe in case.probes():
+            if not probe.options:
+                raise ValueError(
+                    f"case {case.case_id!r}: probe {probe.name!r} has no options, so its answer "
+                    f"cannot be judged; give the probe an options list (or an 'Options:' block "
+                    f"in its question): {probe.question!r}"
+                )
+            if probe.file is not None and not _audio_exists(probe):
+                missing.append(
+                    f"case {case.case_id!r}, {probe.name}: {probe.audio_path or probe.file}"
+                )
+    if missing:
+        shown = "\n  ".join(missing[:MAX_REPORTED_PROBLEMS])
+        more = len(missing) - MAX_REPORTED_PROBLEMS
+        raise FileNotFoundError(
+            f"{len(missing)} probe audio files are missing under dataset.audio_root={audio_root}:"
+            f"\n  {shown}" + (f"\n  ... and {more} more" if more > 0 else "") + "\n"
+            "generate or copy the audio there, or point dataset.audio_root at it"
+        )
+
+
+def _audio_exists(probe: Probe) -> bool:
+    return probe.audio_path is not None and Path(probe.audio_path).is_file()
+
+
+def sequential_schedule(length: int, max_edit: int = 5, max_gap: int = 5) -> list[list[int]]:
+    """For each step i that needs an edit, the earlier edits j evaluated after it.
+
+    j < max_edit and 0 <= i - j <= max_gap; steps after the last one any such pair needs are
+    left out, since their edits would never be evaluated.
+    """
+    last = min(length, max_edit + max_gap) - 1
+    return [
+        [j for j in range(min(step, max_edit - 1) + 1) if step - j <= max_gap]
+        for step in range(last + 1)
+    ]
+
+
+# --------------------------------------------------------------------------- pre-edit cache
+
+
+class PreEditCache:
+    """Outputs of the unedited model per probe, kept on disk per model fingerprint.
+
+    A probe's key hashes its question, options, audio file (path, size and modification
+    time) and the generation bound; the outputs of one model live in
+    `<root>/pre_edit/<fingerprint>/outputs.jsonl`, one line per probe, appended as they are
+    generated. With `root=None` the cache lives in memory only.
+    """
+
+    def __init__(self, root: Path | None, fingerprint: str, max_new_tokens: int) -> None:
+        self.fingerprint = fingerprint
+        self.max_new_tokens = max_new_tokens
+        self.path = (
+            None if root is None else Path(root) / PRE_EDIT_DIR / fingerprint / PRE_EDIT_FILE
+        )
+        self._outputs: dict[str, str] = self._load()
+        self.hits = 0
+        self.generated = 0
+
+    def key(self, probe: Probe) -> str:
+        audio = None
+        if probe.audio_path is not None:
+            stat = Path(probe.audio_path).stat()
+            audio = [str(Path(probe.audio_path).resolve()), stat.st_size, stat.st_mtime_ns]
+        identity = [probe.question, list(probe.options), audio, self.max_new_tokens]
+        return hashlib.sha256(json.dumps(identity).encode()).hexdigest()
+
+    def outputs(self, lalm: LALM, probes: Sequence[Probe], batch_size: int) -> list[str]:
+        """Pre-edit outputs of `probes` in order, generating (and storing) the missing ones."""
+        keys = [self.key(probe) for probe in probes]
+        missing = {key: probe for key, probe in zip(keys, probes, strict=True)}
+        missing = {key: probe for key, probe in missing.items() if key not in self._outputs}
+        self.hits += sum(key in self._outputs for key in keys)
+        if missing:
+            self._generate(lalm, missing, batch_size)
+        return [self._outputs[key] for key in keys]
+
+    def _generate(self, lalm: LALM, missing: Mapping[str, Probe], batch_size: int) -> None:
+        pending = sorted(missing.items(), key=lambda item: len(item[1].question))
+        chunk = batch_size * PRE_EDIT_CHUNK_BATCHES
+        log.info("pre-edit outputs: generating %d, %d cached", len(pending), len(self._outputs))
+        for start in range(0, len(pending), chunk):
+            part = pending[start : start + chunk]
+            answers = generate_answers(
+                lalm,
+                [probe for _, probe in part],
+                batch_size=batch_size,
+                max_new_tokens=self.max_new_tokens,
+            )
+            fresh = {key: answer for (key, _), answer in zip(part, answers, strict=True)}
+            self._outputs.update(fresh)
+            self.generated += len(fresh)
+            self._store(fresh)
+
+    def _load(self) -> dict[str, str]:
+        if self.path is None or not self.path.is_file():
+            return {}
+        outputs: dict[str, str] = {}
+        with open(self.path, encoding="utf-8") as handle:
+            for line in handle:
+                try:
+                    entry = json.loads(line)
+                except json.JSONDecodeError:
+                    continue  # a line torn by a killed writer; its probe is generated again
+                outputs[entry["key"]] = entry["output"]
+        return outputs
+
+    def _store(self, fresh: Mapping[str, str]) -> None:
+        """Append in one write, so that jobs sharing the cache never interleave lines."""
+        if self.path is None:
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        text = "".join(
+            json.dumps({"key": key, "output": output}, ensure_ascii=False) + "\n"
+            for key, output in fresh.items()
+        )
+        descriptor = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        try:
+            os.write(descriptor, text.encode("utf-8"))
+            os.fsync(descriptor)
+        finally:
+            os.close(descriptor)
+
+
+# --------------------------------------------------------------------------- runner
+
+
+class Timings:
+    """Wall-clock seconds per phase of a run, for the run summary and throughput work."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = defaultdict(float)
+
+    @contextmanager
+    def measure(self, phase: str) -> Iterator[None]:
+        start = perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[phase] += perf_counter() - start
+
+    def as_dict(self) -> dict[str, float]:
+        return {f"time/{phase}_s": value for phase, value in sorted(self.seconds.items())}
+
+
+class EditRunner:
+    """Runs one editor over cases or sequences under one protocol, writing records."""
+
+    def __init__(
+        self,
+        lalm: LALM,
+        editor: Editor,
+        *,
+        settings: EvalSettings,
+        pre_edit: PreEditCache,
+        writer: RecordWriter,
+        model_name: str,
+        audio_root: Path | None = None,
+        judge: Judge | None = None,
+    ) -> None:
+        self.lalm = lalm
+        self.judge = judge or OptionJudge()
+        self.editor = editor
+        self.settings = settings
+        self.pre_edit = pre_edit
+        self.writer = writer
+        self.audio_root = audio_root
+        self.identity = {
+            "method": editor.name,
+            "model": model_name,
+            "fingerprint": pre_edit.fingerprint,
+        }
+        self.timings = Timings()
+        self._records: dict[Hashable, Record] = {}
+        for record in writer.existing:
+            self._check_same_run(record)
+            self._records[record_key(record)] = record
+
+    # ------------------------------------------------------------------ single
+
+    def run_single(self, cases: Sequence[EditCase]) -> list[Record]:
+        """Edit, evaluate and restore each case; the records of all cases, in case order."""
+        check_cases(cases, self.audio_root)
+        keys = [("single", case.case_id) for case in cases]
+        pending = [case for case, key in zip(cases, keys, strict=True) if key not in self._records]
+        log.info(
+            "single editing: %d cases, %d already recorded", len(cases), len(cases) - len(pending)
+        )
+        with self._run_scope():
+            pre_outputs = self._pre_edit_outputs(pending)
+            for number, case in enumerate(pending, start=1):
+                self._single_case(case, pre_outputs[case.case_id])
+                if number % 50 == 0 or number == len(pending):
+                    log.info("edited %d/%d cases", number, len(pending))
+        return [self._records[key] for key in keys]
+
+    def _single_case(self, case: EditCase, pre_outputs: Sequence[str]) -> None:
+        outcome = self._apply(case)
+        try:
+            post_outputs = self._ask(list(case.probes()))
+        finally:
+            self._undo(outcome.snapshot)
+        self._write(
+            {"protocol": "single", **self._case_fields(case, outcome)},
+            case,
+            pre_outputs,
+            post_outputs,
+        )
+
+    # ------------------------------------------------------------------ sequential
+
+    def run_sequential(self, sequences: Sequence[EditSequence]) -> list[Record]:
+        """Edit each sequence in order, evaluating the scheduled pairs; records in order."""
+        check_cases([case for sequence in sequences for case in sequence.cases], self.audio_root)
+        all_keys: list[Hashable] = []
+        for sequence in sequences:
+            keys = self._sequence_keys(sequence)
+            all_keys.extend(keys)
+            if all(key in self._records for key in keys):
+                continue
+            log.info("sequence %d: %d edits", sequence.index, len(sequence))
+            self._sequence(sequence)
+        return [self._records[key] for key in all_keys]
+
+    def _schedule(self, sequence: EditSequence) -> list[list[int]]:
+        return sequential_schedule(len(sequence), self.settings.max_edit, self.settings.max_gap)
+
+    def _sequence_keys(self, sequence: EditSequence) -> list[Hashable]:
+        return [
+            ("sequential", sequence.index, step, j)
+            for step, evaluated in enumerate(self._schedule(sequence))
+            for j in evaluated
+        ]
+
+    def _sequence(self, sequence: EditSequence) -> None:
+        cases = sequence.cases
+        snapshot: WeightSnapshot | None = None
+        outcomes: list[EditOutcome] = []
+        try:
+            with self._run_scope():
+                pre_outputs = self._pre_edit_outputs(cases)
+                for step, evaluated in enumerate(self._schedule(sequence)):
+                    outcome = self._apply(cases[step])
+                    outcomes.append(outcome)
+                    snapshot = _merged(snapshot, outcome.snapshot)
+                    todo = [
+                        j
+                        for j in evaluated
+                        if ("sequential", sequence.index, step, j) not in self._records
+                    ]
+                    if todo:
+                        self._sequential_step(sequence, step, todo, outcomes, pre_outputs)
+        finally:
+            self._undo(snapshot)
+
+    def _sequential_step(
+        self,
+        sequence: EditSequence,
+        step: int,
+        evaluated: Sequence[int],
+        outcomes: Sequence[EditOutcome],
+        pre_outputs: Mapping[str, Sequence[str]],
+    ) -> None:
+        """Ask the probes of every evaluated edit in one batched call, then write a record each."""
+        probe_lists = [list(sequence.cases[j].probes()) for j in evaluated]
+        answers = iter(self._ask([probe for probes in probe_lists for probe in probes]))
+        for j, probes in zip(evaluated, probe_lists, strict=True):
+            case = sequence.cases[j]
+            post_outputs = [next(answers) for _ in probes]
+            fields = {
+                "protocol": "sequential",
+                "sequence": sequence.index,
+                "step": step,
+                "edit_index": j,
+                "gap": step - j,
+                **self._case_fields(case, outcomes[j]),
+            }
+            self._write(fields, case, pre_outputs[case.case_id], post_outputs)
+
+    # ------------------------------------------------------------------ shared steps
+
+    def _pre_edit_outputs(self, cases: Sequence[EditCase]) -> dict[str, list[str]]:
+        """Pre-edit outputs of every probe of `cases`, by case id, in probe order."""
+        probes = [probe for case in cases for probe in case.probes()]
+        if not probes:
+            return {}
+        with self.timings.measure("pre_edit"), self._audio_cache():
+            outputs = iter(self.pre_edit.outputs(self.lalm, probes, self.settings.batch_size))
+        return {case.case_id: [next(outputs) for _ in case.probes()] for case in cases}
+
+    def _apply(self, case: EditCase) -> EditOutcome:
+        with self.timings.measure("edit"):
+            return self.editor.apply(self.lalm, case)
+
+    def _ask(self, probes: Sequence[Probe]) -> list[str]:
+        context = self.editor.context()
+        with self.timings.measure("post_edit"), self._audio_cache():
+            return generate_answers(
+                self.lalm,
+                probes,
+                batch_size=self.settings.batch_size,
+                max_new_tokens=self.settings.max_new_tokens,
+                system=context.system,
+                history=context.history,
+            )
+
+    def _undo(self, snapshot: WeightSnapshot | None) -> None:
+        with self.timings.measure("restore"):
+            if snapshot is not None:
+                snapshot.restore()
+            self.editor.state.reset()
+
+    def _write(
+        self,
+        fields: Mapping[str, Any],
+        case: EditCase,
+        pre_outputs: Sequence[str],
+        post_outputs: Sequence[str],
+    ) -> None:
+        with self.timings.measure("judge"):
+            probes = judge_probes(list(case.probes()), pre_outputs, post_outputs, self.judge)
+        record = {**fields, "probes": probes}
+        with self.timings.measure("write"):
+            self.writer.append(record)
+        self._records[record_key(record)] = record
+
+    def _case_fields(self, case: EditCase, outcome: EditOutcome) -> dict[str, Any]:
+        return {
+            **self.identity,
+            "case_id": case.case_id,
+            "attribute": case.attribute,
+            "y_o": case.y_o,
+            "y_e": case.y_e,
+            "edit": {
+                "steps": outcome.steps,
+                "final_loss": outcome.final_loss,
+                "seconds": outcome.seconds,
+            },
+        }
+
+    def _run_scope(self) -> AbstractContextManager[None]:
+        """Connector outputs cached across edits, unless the method can change them."""
+        return nullcontext() if self.editor.touches_audio_path else self._audio_cache()
+
+    def _audio_cache(self) -> AbstractContextManager[None]:
+        cached = getattr(self.lalm, "cached_audio_embeddings", None)
+        return nullcontext() if cached is None else cached()
+
+    def _check_same_run(self, record: Mapping[str, Any]) -> None:
+        found = {key: record.get(key) for key in self.identity}
+        if found != self.identity:
+            raise ValueError(
+                f"{self.writer.path} holds records of another run ({found}); this run is "
+                f"{self.identity}. Resume with the same method and model, or use a new run "
+                "directory"
+            )
+
+
+def _merged(first: WeightSnapshot | None, later: WeightSnapshot | None) -> WeightSnapshot | None:
+    if first is None:
+        return later
+    return first.merged_with(later)

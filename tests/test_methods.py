@@ -1,0 +1,329 @@
+"""Editors: FT (LLM), FT (Audio), I-IKE, IE-IKE; snapshots, state, configs."""
+
+from __future__ import annotations
+
+from dataclasses import fields, replace
+
+import pytest
+import torch
+from hydra.errors import MissingConfigException
+from hydra.utils import instantiate
+from omegaconf import OmegaConf
+
+from lalm_fixtures import edit_release, make_lalm, make_tokenizer
+from sake.data.readers import SakeRelease
+from sake.data.schema import EditCase
+from sake.methods.base import AppliedEdit, Editor, EditorState, WeightSnapshot, build_editor
+from sake.methods.ft import FineTuneConfig, FineTuneEditor
+from sake.methods.ike import (
+    DemonstrationConfig,
+    DemonstrationEditor,
+    InContextState,
+    InstructionConfig,
+    InstructionEditor,
+    instruction_prompt,
+)
+from sake.models.desta import DestaLALM
+
+torch.set_num_threads(1)
+
+METHOD_CONFIGS = {
+    "ft_llm": (FineTuneEditor, FineTuneConfig),
+    "ft_audio": (FineTuneEditor, FineTuneConfig),
+    "i_ike": (InstructionEditor, InstructionConfig),
+    "ie_ike": (DemonstrationEditor, DemonstrationConfig),
+}
+
+
+@pytest.fixture(scope="module")
+def release(tmp_path_factory: pytest.TempPathFactory) -> SakeRelease:
+    return edit_release(tmp_path_factory.mktemp("release"))
+
+
+@pytest.fixture(scope="module")
+def lalm(release: SakeRelease) -> DestaLALM:
+    return make_lalm(make_tokenizer(release))
+
+
+@pytest.fixture
+def case(release: SakeRelease) -> EditCase:
+    return release.splits["test"][0]
+
+
+def all_parameters(lalm: DestaLALM) -> dict[str, torch.Tensor]:
+    return {name: p.detach().clone() for name, p in lalm.model.named_parameters()}
+
+
+def assert_bit_identical(lalm: DestaLALM, before: dict[str, torch.Tensor]) -> None:
+    after = dict(lalm.model.named_parameters())
+    assert after.keys() == before.keys()
+    differing = [name for name in before if not torch.equal(after[name], before[name])]
+    assert differing == []
+
+
+def ft(role: str, lr: float = 1e-2, max_steps: int = 5) -> FineTuneEditor:
+    return FineTuneEditor(FineTuneConfig(name="ft", role=role, lr=lr, max_steps=max_steps))
+
+
+# --------------------------------------------------------------------------- FT
+
+
+@pytest.mark.parametrize("role", ["llm.layer[-1].mlp", "connector"])
+def test_ft_edit_then_restore_is_bit_exact(lalm: DestaLALM, case: EditCase, role: str) -> None:
+    before = all_parameters(lalm)
+    role_names = set(lalm.modules.parameters(role))
+    outcome = ft(role).apply(lalm, case)
+    assert outcome.steps == 5 and outcome.final_loss is not None
+    changed = outcome.snapshot.changed()
+    assert changed and set(changed) <= role_names
+    assert set(outcome.snapshot.names) == role_names
+    outcome.snapshot.restore()
+    assert_bit_identical(lalm, before)
+    assert all(p.grad is None for p in lalm.model.parameters())
+    assert outcome.snapshot.changed() == ()
+
+
+def test_ft_lowers_the_target_loss_and_stops_below_the_threshold(
+    lalm: DestaLALM, case: EditCase
+) -> None:
+    batch = lalm.prepare([case.reliability])
+    start = float(lalm.target_nll(batch, [case.reliability.answer]).detach())
+    stop = start - 0.3  # a random model's small lm_head bounds how low the loss can go
+    config = FineTuneConfig(name="ft", role="llm.layer[-1].mlp", lr=5e-2, stop_loss=stop)
+    editor = FineTuneEditor(config)
+    outcome = editor.apply(lalm, case)
+    try:
+        after = float(lalm.target_nll(batch, [case.reliability.answer]).detach())
+        assert outcome.final_loss == pytest.approx(after, rel=1e-5)
+        assert after < stop and 1 <= outcome.steps < config.max_steps
+        assert [edit.case_id for edit in editor.state.edits] == [case.case_id]
+    finally:
+        outcome.snapshot.restore()
+
+
+def test_ft_keeps_the_requires_grad_flags(lalm: DestaLALM, case: EditCase) -> None:
+    flags = {name: p.requires_grad for name, p in lalm.model.named_parameters()}
+    outcome = ft("connector", max_steps=1).apply(lalm, case)
+    outcome.snapshot.restore()
+    assert {name: p.requires_grad for name, p in lalm.model.named_parameters()} == flags
+
+
+def test_ft_audio_cannot_change_text_only_outputs(lalm: DestaLALM, case: EditCase) -> None:
+    text_probe = case.locality_text[0]
+    audio_probe = case.locality_audio[0]
+    batch = lalm.prepare([text_probe, audio_probe])
+    before = lalm.next_token_logits(batch)
+    outcome = ft("connector", lr=5e-2).apply(lalm, case)
+    try:
+        after = lalm.next_token_logits(batch)
+        assert torch.equal(after[0], before[0])
+        assert not torch.equal(after[1], before[1])
+    finally:
+        outcome.snapshot.restore()
+
+
+def test_ft_restores_the_weights_when_an_edit_fails(
+    lalm: DestaLALM, case: EditCase, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    before = all_parameters(lalm)
+    calls = {"n": 0}
+    original = lalm.target_nll
+
+    def failing(batch, targets):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise RuntimeError("out of memory")
+        return original(batch, targets)
+
+    monkeypatch.setattr(lalm, "target_nll", failing)
+    with pytest.raises(RuntimeError, match="out of memory"):
+        ft("llm.layer[-1].mlp").apply(lalm, case)
+    assert_bit_identical(lalm, before)
+
+
+def test_only_ft_audio_touches_the_audio_path() -> None:
+    assert ft("connector").touches_audio_path
+    assert ft("audio_encoder").touches_audio_path
+    assert not ft("llm.layer[-1].mlp").touches_audio_path
+    assert not InstructionEditor(InstructionConfig("i_ike")).touches_audio_path
+
+
+def test_ft_rejects_a_role_the_model_lacks(lalm: DestaLALM) -> None:
+    with pytest.raises(KeyError, match="known roles"):
+        ft("projector").prepare(lalm, [])
+    with pytest.raises(ValueError, match="lr must be positive"):
+        FineTuneConfig(name="ft", role="connector", lr=0.0)
+
+
+def test_snapshot_merge_keeps_the_earliest_values(lalm: DestaLALM) -> None:
+    before = all_parameters(lalm)
+    mlp = lalm.modules.parameters("llm.layer[-1].mlp")
+    first = WeightSnapshot.take(mlp)
+    with torch.no_grad():
+        for parameter in mlp.values():
+            parameter.add_(1.0)
+    connector = lalm.modules.parameters("connector")
+    later = WeightSnapshot.take({**mlp, **connector})
+    with torch.no_grad():
+        for parameter in [*mlp.values(), *connector.values()]:
+            parameter.mul_(2.0)
+    merged = first.merged_with(later)
+    assert set(merged.names) == set(mlp) | set(connector)
+    merged.restore()
+    assert_bit_identical(lalm, before)
+
+
+# --------------------------------------------------------------------------- IKE
+
+
+def test_ike_methods_change_no_parameter(
+    lalm: DestaLALM, release: SakeRelease, case: EditCase
+) -> None:
+    before = all_parameters(lalm)
+    for editor in (
+        InstructionEditor(InstructionConfig("i_ike")),
+        DemonstrationEditor(DemonstrationConfig("ie_ike")),
+    ):
+        editor.prepare(lalm, release.splits["train"])
+        outcome = editor.apply(lalm, case)
+        assert outcome.snapshot is None and outcome.steps == 0
+        lalm.generate(_contextual_batch(lalm, editor, case), max_new_tokens=2)
+    assert_bit_identical(lalm, before)
+
+
+def _contextual_batch(lalm: DestaLALM, editor: Editor, case: EditCase):
+    context = editor.context()
+    return lalm.prepare([case.reliability], system=context.system, history=context.history)
+
+
+def test_i_ike_prompt_maps_each_edit_and_accumulates(release: SakeRelease) -> None:
+    editor = InstructionEditor(InstructionConfig("i_ike"))
+    assert editor.context().system is None
+    first, second = release.splits["test"][0], release.splits["test"][2]
+    editor.apply(None, first)
+    assert f"{first.y_o} -> {first.y_e}" in editor.context().system
+    editor.apply(None, second)
+    system = editor.context().system
+    assert f"{first.y_o} -> {first.y_e}" in system and f"{second.y_o} -> {second.y_e}" in system
+    assert "only" in system and editor.context().history == ()
+    editor.state.reset()
+    assert editor.context().system is None
+
+
+def test_ie_ike_demonstrates_the_same_pair_with_audio_turns(
+    lalm: DestaLALM, release: SakeRelease
+) -> None:
+    editor = DemonstrationEditor(DemonstrationConfig("ie_ike"))
+    editor.prepare(lalm, release.splits["train"])
+    test_case = _case_with_pair(release, "Animal", "dog", "cat")
+    retrieved = editor.retrieve(test_case)
+    assert (retrieved.y_o, retrieved.y_e) == ("dog", "cat")
+    editor.apply(lalm, test_case)
+    history = editor.context().history
+    users, answers = history[0::2], history[1::2]
+    assert [t.role for t in users] == ["user"] * 9 and [t.role for t in answers] == [
+        "assistant"
+    ] * 9
+    assert [t.text for t in answers[:4]] == ["cat"] * 4
+    assert all(len(turn.audio) == 1 for turn in users[:8]) and users[8].audio == ()
+    assert users[-1].text == retrieved.locality_text[0].question
+    gender = DemonstrationEditor(DemonstrationConfig("ie_ike"))
+    gender.prepare(lalm, release.splits["train"])
+    gender.apply(lalm, _case_with_pair(release, "Gender", "male", "female"))
+    assert len(gender.context().history) == 2 * (1 + 3 + 3 + 1)
+
+
+def _case_with_pair(release: SakeRelease, attribute: str, y_o: str, y_e: str) -> EditCase:
+    template = next(c for c in release.all_cases() if c.attribute == attribute)
+    return replace(template, case_id=f"probe/{y_o}-{y_e}", y_o=y_o, y_e=y_e)
+
+
+def test_ie_ike_falls_back_to_the_same_target_then_the_attribute(
+    lalm: DestaLALM, release: SakeRelease
+) -> None:
+    editor = DemonstrationEditor(DemonstrationConfig("ie_ike"))
+    editor.prepare(lalm, release.splits["train"])
+    same_target = editor.retrieve(_case_with_pair(release, "Animal", "pig", "cat"))
+    assert same_target.y_e == "cat"
+    any_animal = editor.retrieve(_case_with_pair(release, "Animal", "pig", "cow"))
+    assert any_animal.attribute == "Animal"
+    again = DemonstrationEditor(DemonstrationConfig("ie_ike"))
+    again.prepare(lalm, list(reversed(release.splits["train"])))
+    assert again.retrieve(_case_with_pair(release, "Animal", "pig", "cow")) == any_animal
+    with pytest.raises(ValueError, match="no Emotion case"):
+        editor.retrieve(_case_with_pair(release, "Emotion", "happy", "sad"))
+    with pytest.raises(ValueError, match="training split"):
+        DemonstrationEditor(DemonstrationConfig("ie_ike")).prepare(lalm, [])
+
+
+def test_ie_ike_keeps_the_latest_demonstrations_in_sequence(
+    lalm: DestaLALM, release: SakeRelease
+) -> None:
+    editor = DemonstrationEditor(DemonstrationConfig("ie_ike"))
+    editor.prepare(lalm, release.splits["train"])
+    animal = _case_with_pair(release, "Animal", "dog", "cat")
+    gender = _case_with_pair(release, "Gender", "female", "male")
+    editor.apply(lalm, animal)
+    editor.apply(lalm, gender)
+    context = editor.context()
+    assert "dog -> cat" in context.system and "female -> male" in context.system
+    assert context.history[1].text == "male"
+    assert len(context.history) == 2 * 8
+
+
+def test_editor_state_round_trips(lalm: DestaLALM, release: SakeRelease, case: EditCase) -> None:
+    editor = DemonstrationEditor(DemonstrationConfig("ie_ike"))
+    editor.prepare(lalm, release.splits["train"])
+    editor.apply(lalm, case)
+    saved = editor.state.state_dict()
+    restored = InContextState()
+    restored.load_state_dict(OmegaConf.to_container(OmegaConf.create(saved)))
+    assert restored == editor.state
+    plain = EditorState()
+    plain.load_state_dict({"edits": saved["edits"]})
+    assert plain.state_dict() == {"edits": saved["edits"]}
+
+
+def test_instruction_prompt_lists_each_rule_once() -> None:
+    edit = AppliedEdit("c1", "Gender", "male", "female")
+    prompt = instruction_prompt([edit, replace(edit, case_id="c2")])
+    assert prompt.count("male -> female") == 1
+    assert "gender of the speaker: male -> female" in prompt
+    assert instruction_prompt([]) is None
+
+
+# --------------------------------------------------------------------------- configs
+
+
+@pytest.mark.parametrize("method", sorted(METHOD_CONFIGS))
+def test_method_configs_are_exactly_the_dataclasses(compose_cfg, method: str) -> None:
+    cfg = compose_cfg("edit", [f"method={method}"])
+    editor = build_editor(cfg.method)
+    editor_class, config_class = METHOD_CONFIGS[method]
+    assert isinstance(editor, editor_class) and isinstance(editor, Editor)
+    declared = {key for key in cfg.method if key != "_target_"}
+    assert declared == {field.name for field in fields(config_class)}
+    assert editor.name == method
+
+
+def test_ft_configs_point_at_their_roles(compose_cfg) -> None:
+    assert instantiate(compose_cfg("edit", ["method=ft_llm"]).method).config.role == (
+        "llm.layer[-1].mlp"
+    )
+    assert instantiate(compose_cfg("edit", ["method=ft_audio"]).method).touches_audio_path
+
+
+def test_unknown_method_or_model_names_the_choices(compose_cfg) -> None:
+    with pytest.raises(MissingConfigException) as error:
+        compose_cfg("edit", ["method=rome"])
+    assert "ft_audio" in str(error.value) and "ie_ike" in str(error.value)
+    with pytest.raises(MissingConfigException) as error:
+        compose_cfg("edit", ["model=gpt5"])
+    assert "desta_tiny" in str(error.value)
+
+
+def test_method_without_an_editor_names_the_editing_methods(compose_cfg) -> None:
+    cfg = compose_cfg("edit", ["method=none"])
+    with pytest.raises(ValueError, match="does not edit anything") as error:
+        build_editor(cfg.method, available=["none", "ft_llm", "i_ike"])
+    assert "ft_llm, i_ike" in str(error.value)

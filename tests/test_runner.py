@@ -1,0 +1,400 @@
+"""Protocols, the pre-edit cache, records and resume, input errors, and the edit task."""
+
+from __future__ import annotations
+
+import functools
+import json
+import shutil
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+from lalm_fixtures import edit_release, make_lalm, make_tokenizer, rooted, save_model_dir
+from sake.data.readers import SakeRelease
+from sake.data.schema import EditCase
+from sake.data.writers import write_release
+from sake.evaluation.metrics import sequential_metrics, single_metrics
+from sake.evaluation.records import RECORDS_FILE, RecordWriter, read_records, record_key
+from sake.methods.base import EditOutcome
+from sake.methods.ft import FineTuneConfig, FineTuneEditor
+from sake.methods.ike import InstructionConfig, InstructionEditor
+from sake.models.desta import DestaLALM
+from sake.runner import EditRunner, EvalSettings, PreEditCache, sequential_schedule
+from sake.utils.run import run_task
+
+torch.set_num_threads(1)
+
+MAX_NEW_TOKENS = 3
+
+
+@pytest.fixture(scope="module")
+def release(tmp_path_factory: pytest.TempPathFactory) -> SakeRelease:
+    return edit_release(tmp_path_factory.mktemp("release"))
+
+
+@pytest.fixture(scope="module")
+def lalm(release: SakeRelease) -> DestaLALM:
+    return make_lalm(make_tokenizer(release))
+
+
+@pytest.fixture(scope="module")
+def fingerprint(lalm: DestaLALM) -> str:
+    """Taken once: the tokenizer's padding state, which tokenising changes, enters the hash."""
+    return lalm.fingerprint()
+
+
+@pytest.fixture
+def make(lalm: DestaLALM, release: SakeRelease, fingerprint: str) -> Any:
+    return functools.partial(make_runner, lalm=lalm, release=release, fingerprint=fingerprint)
+
+
+def ft_llm() -> FineTuneEditor:
+    return FineTuneEditor(FineTuneConfig(name="ft_llm", role="llm.layer[-1].mlp", lr=1e-2))
+
+
+def ft_audio() -> FineTuneEditor:
+    return FineTuneEditor(FineTuneConfig(name="ft_audio", role="connector", lr=5e-2))
+
+
+def i_ike() -> InstructionEditor:
+    return InstructionEditor(InstructionConfig("i_ike"))
+
+
+def make_runner(
+    editor: Any,
+    run_dir: Path,
+    *,
+    lalm: DestaLALM,
+    release: SakeRelease,
+    fingerprint: str,
+    cache: Path | None,
+    resume: bool = False,
+    protocol: str = "single",
+) -> EditRunner:
+    editor.prepare(lalm, release.splits["train"])
+    return EditRunner(
+        lalm,
+        editor,
+        settings=EvalSettings(protocol, max_new_tokens=MAX_NEW_TOKENS, batch_size=32),
+        pre_edit=PreEditCache(cache, fingerprint, MAX_NEW_TOKENS),
+        writer=RecordWriter(run_dir / RECORDS_FILE, resume=resume),
+        model_name="tiny",
+        audio_root=release.audio_root,
+    )
+
+
+def parameters(lalm: DestaLALM) -> dict[str, torch.Tensor]:
+    return {name: p.detach().clone() for name, p in lalm.model.named_parameters()}
+
+
+def unchanged(lalm: DestaLALM, before: dict[str, torch.Tensor]) -> bool:
+    return all(torch.equal(p, before[name]) for name, p in lalm.model.named_parameters())
+
+
+def without_timing(record: dict[str, Any]) -> dict[str, Any]:
+    """A record without its wall time, its loss to 5 digits.
+
+    Cached audio embeddings differ in the last bits with the batch a clip was encoded in,
+    so a replayed edit's loss may too; outputs and judgements must not.
+    """
+    loss = round(record["edit"]["final_loss"], 5)
+    return {**record, "edit": {**record["edit"], "seconds": None, "final_loss": loss}}
+
+
+class Interrupting:
+    """Wraps an editor and stops the run (as a kill would) at the n-th edit."""
+
+    def __init__(self, editor: Any, at: int) -> None:
+        self.inner, self.at, self.calls = editor, at, 0
+        self.name, self.state = editor.name, editor.state
+        self.touches_audio_path = editor.touches_audio_path
+
+    def prepare(self, lalm: DestaLALM, train_cases: list[EditCase]) -> None:
+        self.inner.prepare(lalm, train_cases)
+
+    def apply(self, lalm: DestaLALM, case: EditCase) -> EditOutcome:
+        self.calls += 1
+        if self.calls == self.at:
+            raise KeyboardInterrupt
+        return self.inner.apply(lalm, case)
+
+    def context(self):
+        return self.inner.context()
+
+
+# --------------------------------------------------------------------------- single
+
+
+def test_single_protocol_records_every_probe_and_restores(
+    make: Any, lalm: DestaLALM, release: SakeRelease, tmp_path: Path
+) -> None:
+    before = parameters(lalm)
+    cases = release.splits["test"]
+    runner = make(ft_llm(), tmp_path / "run", cache=tmp_path / "cache")
+    records = runner.run_single(cases)
+    assert unchanged(lalm, before)
+    assert [r["case_id"] for r in records] == [c.case_id for c in cases]
+    assert read_records(tmp_path / "run" / RECORDS_FILE) == records
+    for record, case in zip(records, cases, strict=True):
+        assert [p["name"] for p in record["probes"]] == [p.name for p in case.probes()]
+        assert record["edit"]["steps"] >= 1 and record["method"] == "ft_llm"
+        first = record["probes"][0]
+        assert first["question"] == case.reliability.question and first["answer"] == case.y_e
+        assert {"pre_output", "post_output", "post_reason", "consistent", "score"} <= first.keys()
+    metrics = single_metrics(records)
+    assert {"single/reliability", "single/locality_audio/type2", "single/Gender/portability"} <= (
+        metrics.keys()
+    )
+    assert runner.timings.seconds["edit"] > 0
+
+
+def test_pre_edit_outputs_are_generated_once_per_model(
+    make: Any,
+    lalm: DestaLALM,
+    release: SakeRelease,
+    fingerprint: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    calls = []
+    generate = lalm.generate
+    monkeypatch.setattr(
+        lalm, "generate", lambda batch, n: calls.append(len(batch)) or generate(batch, n)
+    )
+    cases = release.splits["test"]
+    probes = sum(len(list(c.probes())) for c in cases)
+    first = make(i_ike(), tmp_path / "a", cache=tmp_path / "cache")
+    first.run_single(cases)
+    assert first.pre_edit.generated > 0 and first.pre_edit.hits == 0
+    stored = tmp_path / "cache" / "pre_edit" / fingerprint / "outputs.jsonl"
+    assert stored.is_file()
+    calls.clear()
+    second = make(ft_audio(), tmp_path / "b", cache=tmp_path / "cache")
+    records = second.run_single(cases)
+    assert second.pre_edit.generated == 0 and second.pre_edit.hits == probes
+    assert calls == [len(list(c.probes())) for c in cases]  # post-edit only, one call per case
+    pre_first = [
+        p["pre_output"] for r in read_records(tmp_path / "a" / RECORDS_FILE) for p in r["probes"]
+    ]
+    assert [p["pre_output"] for r in records for p in r["probes"]] == pre_first
+
+
+def test_ft_audio_keeps_every_text_only_answer(
+    make: Any, lalm: DestaLALM, release: SakeRelease, tmp_path: Path
+) -> None:
+    records = make(ft_audio(), tmp_path, cache=None).run_single(release.splits["test"])
+    text = [p for r in records for p in r["probes"] if p["audio"] is None]
+    assert text and all(p["post_output"] == p["pre_output"] and p["score"] for p in text)
+    assert single_metrics(records)["single/locality_text"] == 1.0
+    audio = [p for r in records for p in r["probes"] if p["audio"] is not None]
+    assert any(p["post_output"] != p["pre_output"] for p in audio)
+
+
+def test_resumed_run_equals_an_uninterrupted_one(
+    make: Any, lalm: DestaLALM, release: SakeRelease, tmp_path: Path
+) -> None:
+    cases = release.splits["test"]
+    cache = tmp_path / "cache"
+    whole = make(ft_llm(), tmp_path / "whole", cache=cache).run_single(cases)
+    killed = make(Interrupting(ft_llm(), at=3), tmp_path / "run", cache=cache)
+    with pytest.raises(KeyboardInterrupt):
+        killed.run_single(cases)
+    path = tmp_path / "run" / RECORDS_FILE
+    assert len(read_records(path)) == 2
+    with open(path, "a", encoding="utf-8") as handle:
+        handle.write('{"protocol": "single", "case_id": "test/Gen')  # torn by the kill
+    with pytest.raises(FileExistsError, match="resume=true"):
+        RecordWriter(path)
+    resumed = make(ft_llm(), tmp_path / "run", cache=cache, resume=True)
+    records = resumed.run_single(cases)
+    assert single_metrics(records) == single_metrics(whole)
+    on_disk = read_records(path)
+    assert len(on_disk) == len(cases) == len({record_key(r) for r in on_disk})
+    assert [without_timing(r) for r in on_disk] == [without_timing(r) for r in whole]
+
+
+def test_resume_refuses_records_of_another_method(
+    make: Any, lalm: DestaLALM, release: SakeRelease, tmp_path: Path
+) -> None:
+    make(i_ike(), tmp_path, cache=None).run_single(release.splits["test"][:1])
+    with pytest.raises(ValueError, match="another run"):
+        make(ft_llm(), tmp_path, cache=None, resume=True)
+
+
+# --------------------------------------------------------------------------- sequential
+
+
+def expected_pairs(length: int) -> set[tuple[int, int]]:
+    return {(i, j) for i in range(length) for j in range(min(length, 5)) if 0 <= i - j <= 5}
+
+
+@pytest.mark.parametrize("length", [3, 8, 10, 14])
+def test_sequential_schedule_is_the_protocol(length: int) -> None:
+    schedule = sequential_schedule(length)
+    assert {(i, j) for i, js in enumerate(schedule) for j in js} == expected_pairs(length)
+    assert len(schedule) == min(length, 10)  # no edit is applied that nobody evaluates
+
+
+def test_sequential_runner_evaluates_only_the_scheduled_pairs(
+    make: Any, lalm: DestaLALM, release: SakeRelease, tmp_path: Path
+) -> None:
+    before = parameters(lalm)
+    sequence = release.sequences[1]
+    editor = Interrupting(ft_llm(), at=0)
+    runner = make(editor, tmp_path, cache=tmp_path / "cache", protocol="sequential")
+    records = runner.run_sequential([sequence])
+    assert {(r["step"], r["edit_index"]) for r in records} == expected_pairs(len(sequence))
+    assert editor.calls == len(sequence) and editor.state.edits == []
+    assert unchanged(lalm, before)
+    original = runner.pre_edit.outputs(lalm, list(sequence.cases[0].probes()), batch_size=32)
+    for record in records:
+        assert record["gap"] == record["step"] - record["edit_index"]
+        if record["edit_index"] == 0:
+            assert [p["pre_output"] for p in record["probes"]] == original
+    metrics = sequential_metrics(records)
+    assert {f"sequential/reliability/gap{g}" for g in range(6)} <= metrics.keys()
+
+
+def test_sequential_resume_replays_the_sequence(
+    make: Any, lalm: DestaLALM, release: SakeRelease, tmp_path: Path
+) -> None:
+    sequences = release.sequences
+    whole = make(ft_llm(), tmp_path / "whole", cache=None, protocol="sequential").run_sequential(
+        sequences
+    )
+    killed = make(Interrupting(ft_llm(), at=7), tmp_path / "run", cache=None, protocol="sequential")
+    with pytest.raises(KeyboardInterrupt):
+        killed.run_sequential(sequences)
+    partial = read_records(tmp_path / "run" / RECORDS_FILE)
+    assert 0 < len(partial) < len(whole)
+    records = make(
+        ft_llm(), tmp_path / "run", cache=None, resume=True, protocol="sequential"
+    ).run_sequential(sequences)
+    assert [without_timing(r) for r in records] == [without_timing(r) for r in whole]
+    assert len(read_records(tmp_path / "run" / RECORDS_FILE)) == len(whole)
+
+
+# --------------------------------------------------------------------------- bad input
+
+
+def test_missing_audio_fails_before_editing_and_keeps_records(
+    make: Any, lalm: DestaLALM, release: SakeRelease, tmp_path: Path
+) -> None:
+    own = rooted(release, tmp_path / "audio")
+    shutil.copytree(release.audio_root, own.audio_root)
+    cases = own.splits["test"]
+    make(ft_llm(), tmp_path / "run", cache=None, release=own).run_single(cases[:2])
+    lost = cases[3].generality[1].audio_path
+    lost.unlink()
+    editor = Interrupting(ft_llm(), at=0)
+    runner = make(editor, tmp_path / "run", cache=None, resume=True, release=own)
+    with pytest.raises(FileNotFoundError) as error:
+        runner.run_single(cases)
+    assert str(lost) in str(error.value) and f"dataset.audio_root={own.audio_root}" in str(
+        error.value
+    )
+    assert cases[3].case_id in str(error.value)
+    assert editor.calls == 0
+    assert len(read_records(tmp_path / "run" / RECORDS_FILE)) == 2
+
+
+def test_probe_without_options_names_the_case_and_probe(
+    make: Any, lalm: DestaLALM, release: SakeRelease, tmp_path: Path
+) -> None:
+    case = release.splits["test"][1]
+    broken = replace(case, portability=(replace(case.portability[0], options=()),))
+    runner = make(ft_llm(), tmp_path, cache=None)
+    with pytest.raises(ValueError, match="has no options") as error:
+        runner.run_single([release.splits["test"][0], broken])
+    assert repr(case.case_id) in str(error.value) and "'portability'" in str(error.value)
+    assert not (tmp_path / RECORDS_FILE).exists() or read_records(tmp_path / RECORDS_FILE) == []
+
+
+def test_unknown_protocol_names_the_choices() -> None:
+    with pytest.raises(ValueError, match="single, sequential"):
+        EvalSettings("batch")
+
+
+# --------------------------------------------------------------------------- edit task
+
+
+@pytest.fixture(scope="module")
+def on_disk(
+    release: SakeRelease, lalm: DestaLALM, tmp_path_factory: pytest.TempPathFactory
+) -> tuple[Path, Path]:
+    """The release in SAKE layout (with audio) and the model in `load_desta` layout."""
+    root = tmp_path_factory.mktemp("sake")
+    write_release(release.splits, release.sequences, root)
+    shutil.copytree(release.audio_root, root / "audio")
+    return root, save_model_dir(lalm, tmp_path_factory.mktemp("weights") / "desta_tiny")
+
+
+def edit_overrides(on_disk: tuple[Path, Path], *extra: str) -> list[str]:
+    root, weights = on_disk
+    return [
+        "task=edit",
+        "logger=none",
+        "dataset=sake",
+        f"dataset.root={root}",
+        f"model.weights_dir={weights}",
+        f"eval.max_new_tokens={MAX_NEW_TOKENS}",
+        *extra,
+    ]
+
+
+def test_edit_task_writes_records_metrics_and_timings(compose_cfg, on_disk) -> None:
+    cfg = compose_cfg("edit", edit_overrides(on_disk, "method=ft_audio", "dataset.limit=3"))
+    metrics = run_task(cfg)
+    run_dir = Path(cfg.paths.output_dir)
+    assert json.loads((run_dir / "metrics.json").read_text()) == metrics
+    assert len(read_records(run_dir / RECORDS_FILE)) == 3
+    assert metrics["single/locality_text"] == 1.0
+    timing = json.loads((run_dir / "timing.json").read_text())
+    assert timing["time/total_s"] >= timing["time/edit_s"] > 0
+    cfg.resume = True
+    assert run_task(cfg) == metrics
+    assert json.loads((run_dir / "timing.json").read_text())["records/new"] == 0
+
+
+def test_edit_task_logs_summary_and_records_to_the_tracker(
+    compose_cfg, on_disk, tmp_path: Path
+) -> None:
+    logged_to = tmp_path / "tracker.json"
+    overrides = [
+        "method=i_ike",
+        "logger._target_=lalm_fixtures.FileTracker",
+        f"+logger.path={logged_to}",
+    ]
+    metrics = run_task(compose_cfg("edit", edit_overrides(on_disk, *overrides)))
+    logged = json.loads(logged_to.read_text())
+    assert logged["started"] and logged["summary"] == metrics
+    table = logged["tables"]["records"]
+    assert len(table["rows"]) == 4 and table["columns"][:2] == ["case_id", "attribute"]
+    assert table["columns"][-5:] == [
+        "reliability",
+        "generality",
+        "locality_audio",
+        "locality_text",
+        "portability",
+    ]
+
+
+def test_edit_task_runs_the_sequential_protocol(compose_cfg, on_disk) -> None:
+    cfg = compose_cfg(
+        "edit",
+        edit_overrides(on_disk, "method=ie_ike", "eval.protocol=sequential", "dataset.limit=10"),
+    )
+    metrics = run_task(cfg)
+    assert metrics["sequential/reliability/gap0"] >= 0.0
+    assert {f"sequential/locality_audio/gap{g}" for g in (0, 1)} <= metrics.keys()
+    assert not any(key.endswith("gap2") for key in metrics)  # a sequence of two edits
+    assert all(key.startswith("sequential/") for key in metrics)
+
+
+def test_edit_task_without_an_editing_method_says_what_to_choose(compose_cfg, on_disk) -> None:
+    cfg = compose_cfg("edit", edit_overrides(on_disk, "method=none"))
+    with pytest.raises(ValueError, match="ft_audio, ft_llm, i_ike, ie_ike"):
+        run_task(cfg)
