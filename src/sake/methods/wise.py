@@ -1,0 +1,471 @@
+"""WISE: edits written into a side memory of one MLP projection, used only when routed to.
+
+The side memory is a trainable copy of the projection's weight (`role`, e.g.
+`llm.layer[-2].mlp.down_proj`); the model's own weights never change. Per edit, SGD steps on
+the side memory minimise
+
+    NLL(y_e | edit prompt, side memory in use)
+      + mean_o relu(d_o - alpha) + relu(beta - d_e) + mean_o relu(gamma - (d_e - d_o))
+
+where d(x) is the activation distance of an input: the mean over its real (unpadded) tokens of
+|x_t (W_side - W)^T|, the change the side memory makes to the projection's output; d_e is that
+of the edit prompt and d_o of out-of-scope preservation prompts from the training split. So
+alpha bounds the out-of-scope distance (the locality regularizer of λ-sweeps), beta sets a
+minimum in-scope distance and gamma a margin between them; all three are in units of the
+projection's output norm. Gradients are masked to a random subset of the weights (`mask_ratio`,
+one mask per memory shard) and after each step the side memory is clamped element-wise to
+within `norm_constraint` of the original weight.
+
+At inference a per-sample router computes each input's distance for every side memory on the
+prompt and sends the sample to the memory with the largest distance among those whose distance
+exceeds their stored in-scope minimum (the smallest d_e of their edits) times `act_ratio`;
+otherwise the original weight answers. The decision made on the prompt holds for the tokens
+generated after it. Padding is told apart by the decoder's own attention mask, read by a
+forward pre-hook on the module that owns the decoder layers.
+
+Sequential editing accumulates edits in the side memory. With `shard_size` set, a memory that
+holds that many edits is frozen and a fresh one (with a fresh mask) takes the next edits; with
+`merge: ties` the frozen shards are merged into one memory by TIES (trim to the largest
+`merge_density` of each shard's change, elect the sign per element, average the agreeing
+values).
+
+Undoing is removing the router: `state.reset()` drops the memories and the hooks, and the
+model is exactly the original (no weight was written).
+"""
+
+from __future__ import annotations
+
+import base64
+import math
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from time import perf_counter
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+from torch.nn import functional
+
+from sake.data.schema import EditCase, Probe
+from sake.methods.base import EditorState, EditOutcome, QueryContext, trainable_only
+from sake.methods.hooks import ModuleRecorder, run_recording
+from sake.methods.stats import balanced_sample, case_rng, preservation_probes
+from sake.models.base import LALM, Batch
+
+MERGES: tuple[str, ...] = ("ties",)
+
+
+@dataclass(frozen=True)
+class WiseConfig:
+    """Hyperparameters of WISE; exactly the fields of `configs/method/wise.yaml`."""
+
+    name: str
+    role: str = "llm.layer[-2].mlp.down_proj"
+    lr: float = 1.0
+    steps: int = 60
+    stop_loss: float = 0.01
+    mask_ratio: float = 0.2
+    norm_constraint: float = 0.1
+    alpha: float = 1.5
+    beta: float = 10.0
+    gamma: float = 6.0
+    act_ratio: float = 0.7
+    preservation_probes: int = 4
+    shard_size: int | None = None
+    merge: str | None = None
+    merge_density: float = 0.5
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.steps < 1 or self.lr <= 0:
+            raise ValueError(f"{self.name}: steps must be >= 1 and lr positive")
+        if not 0 < self.mask_ratio <= 1 or not 0 < self.merge_density <= 1:
+            raise ValueError(f"{self.name}: mask_ratio and merge_density must lie in (0, 1]")
+        if self.shard_size is not None and self.shard_size < 1:
+            raise ValueError(f"{self.name}: shard_size must be at least 1 (or null)")
+        if self.merge is not None and self.merge not in MERGES:
+            raise ValueError(f"{self.name}: unknown merge {self.merge!r}; one of {MERGES}")
+
+
+@dataclass
+class SideMemory:
+    """One side-memory weight, the mask its gradients flow through, its routing threshold."""
+
+    weight: Tensor
+    mask: Tensor
+    min_distance: float = math.inf
+    edits: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "weight": encode_tensor(self.weight),
+            "mask": encode_tensor(self.mask),
+            "min_distance": self.min_distance,
+            "edits": self.edits,
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> SideMemory:
+        return cls(
+            decode_tensor(data["weight"]),
+            decode_tensor(data["mask"]),
+            float(data["min_distance"]),
+            int(data["edits"]),
+        )
+
+
+def encode_tensor(tensor: Tensor) -> dict[str, Any]:
+    """A JSON-serialisable copy of a tensor of any dtype: raw bytes in base64."""
+    flat = tensor.detach().cpu().contiguous().reshape(-1)
+    raw = flat.view(torch.uint8).numpy().tobytes()
+    return {
+        "dtype": str(flat.dtype).removeprefix("torch."),
+        "shape": list(tensor.shape),
+        "data": base64.b64encode(raw).decode("ascii"),
+    }
+
+
+def decode_tensor(data: Mapping[str, Any]) -> Tensor:
+    raw = bytearray(base64.b64decode(data["data"]))
+    dtype = getattr(torch, data["dtype"])
+    return torch.frombuffer(raw, dtype=torch.uint8).view(dtype).reshape(data["shape"]).clone()
+
+
+def activation_distance(inputs: Tensor, change: Tensor, real: Tensor | None) -> Tensor:
+    """(batch,) mean over real tokens of |x_t change^T|, inputs (batch, seq, d_in)."""
+    per_token = functional.linear(inputs.float(), change.float()).norm(dim=-1)
+    if real is None:
+        return per_token.mean(dim=-1)
+    real = real.to(per_token.dtype)
+    return (per_token * real).sum(dim=-1) / real.sum(dim=-1).clamp_min(1)
+
+
+def ties_merge(base: Tensor, weights: Sequence[Tensor], density: float) -> Tensor:
+    """TIES merging of the changes `weights - base`: trim, elect sign, disjoint mean."""
+    changes = torch.stack([w.float() - base.float() for w in weights])
+    flat = changes.reshape(len(weights), -1)
+    keep = max(1, math.ceil(density * flat.shape[1]))
+    cutoff = flat.abs().topk(keep, dim=1).values[:, -1:]
+    trimmed = torch.where(flat.abs() >= cutoff, flat, torch.zeros_like(flat))
+    elected = torch.sign(trimmed.sum(dim=0))
+    agree = (torch.sign(trimmed) == elected) & (trimmed != 0)
+    merged = (trimmed * agree).sum(dim=0) / agree.sum(dim=0).clamp_min(1)
+    return (base.float() + merged.view_as(base)).to(base.dtype)
+
+
+@dataclass(frozen=True)
+class Activations:
+    """Inputs of the projection on some prompts, and which of their tokens are real."""
+
+    inputs: Tensor
+    real: Tensor | None
+
+    def distance(self, change: Tensor) -> Tensor:
+        return activation_distance(self.inputs, change, self.real)
+
+
+class Router:
+    """Hooks that route each sample through the original projection or a side memory."""
+
+    def __init__(
+        self,
+        projection: nn.Linear,
+        decoder: nn.Module,
+        memories: Callable[[], list[SideMemory]],
+        act_ratio: float,
+    ) -> None:
+        self.projection = projection
+        self.decoder = decoder
+        self.memories = memories
+        self.act_ratio = act_ratio
+        self.training_weight: Tensor | None = None
+        self.last_routes: Tensor | None = None
+        self._mask: Tensor | None = None
+        self._handles: list[Any] = []
+
+    @property
+    def installed(self) -> bool:
+        return bool(self._handles)
+
+    def install(self) -> None:
+        if self.installed:
+            return
+        self._handles = [
+            self.decoder.register_forward_pre_hook(self._read_mask, with_kwargs=True),
+            self.projection.register_forward_hook(self._route),
+        ]
+
+    def remove(self) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles = []
+        self.last_routes = None
+        self._mask = None
+
+    def _read_mask(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
+        mask = kwargs.get("attention_mask")
+        self._mask = mask if isinstance(mask, Tensor) and mask.dim() == 2 else None
+
+    def real_tokens(self, inputs: Tensor) -> Tensor | None:
+        """The decoder's attention mask for the positions of `inputs`, when it matches."""
+        mask = self._mask
+        if mask is None or mask.shape[0] != inputs.shape[0] or mask.shape[1] < inputs.shape[1]:
+            return None
+        return mask[:, -inputs.shape[1] :].bool()
+
+    def _route(self, module: nn.Module, args: tuple, output: Tensor) -> Tensor:
+        inputs = args[0]
+        if self.training_weight is not None:
+            return functional.linear(inputs, self.training_weight, module.bias)
+        memories = self.memories()
+        if not memories:
+            return output
+        continuing = (
+            inputs.shape[1] == 1
+            and self.last_routes is not None
+            and len(self.last_routes) == inputs.shape[0]
+        )
+        if not continuing:
+            self.last_routes = self.choose(inputs, memories)
+        routed = output
+        for index, memory in enumerate(memories):
+            rows = self.last_routes == index
+            if bool(rows.any()):
+                side = functional.linear(inputs, memory.weight.to(inputs.dtype), module.bias)
+                routed = torch.where(rows[:, None, None], side, routed)
+        return routed
+
+    def choose(self, inputs: Tensor, memories: Sequence[SideMemory]) -> Tensor:
+        """Per row, the index of the memory it goes to, or -1 for the original weight."""
+        real = self.real_tokens(inputs)
+        original = self.projection.weight
+        with torch.no_grad():
+            distances = torch.stack(
+                [activation_distance(inputs, m.weight - original, real) for m in memories]
+            )
+        thresholds = torch.tensor([m.min_distance * self.act_ratio for m in memories])
+        eligible = distances > thresholds.to(distances.device)[:, None]
+        scored = torch.where(eligible, distances, torch.full_like(distances, -math.inf))
+        best = scored.argmax(dim=0)
+        return torch.where(eligible.any(dim=0), best, torch.full_like(best, -1))
+
+
+@dataclass
+class WiseState(EditorState):
+    """Frozen memory shards, the memory being written, and the router that reads them."""
+
+    shards: list[SideMemory] = field(default_factory=list)
+    active: SideMemory | None = None
+    router: Router | None = field(default=None, repr=False, compare=False)
+
+    def memories(self) -> list[SideMemory]:
+        """Every memory the router may send a sample to."""
+        return [*self.shards, *([] if self.active is None else [self.active])]
+
+    def sync_router(self) -> None:
+        """Hooks in place exactly while there is a memory to route to."""
+        if self.router is None:
+            return
+        if self.memories():
+            self.router.install()
+        else:
+            self.router.remove()
+
+    def reset(self) -> None:
+        super().reset()
+        self.shards.clear()
+        self.active = None
+        self.sync_router()
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            **super().state_dict(),
+            "shards": [memory.to_dict() for memory in self.shards],
+            "active": None if self.active is None else self.active.to_dict(),
+        }
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        super().load_state_dict(state)
+        self.shards = [SideMemory.from_dict(m) for m in state.get("shards", ())]
+        active = state.get("active")
+        self.active = None if active is None else SideMemory.from_dict(active)
+        self.sync_router()
+
+
+class WiseEditor:
+    """Edits a side memory of one projection; a router decides per sample which one answers."""
+
+    touches_audio_path = False
+
+    def __init__(self, config: WiseConfig) -> None:
+        self.config = config
+        self.name = config.name
+        self.state = WiseState()
+        self.extras: dict[str, float] = {}
+        self._pool: list[Probe] = []
+        self._projection: nn.Linear | None = None
+
+    @property
+    def preservation_pool(self) -> list[Probe]:
+        """The training-split probes preservation prompts are drawn from."""
+        return list(self._pool)
+
+    def prepare(self, lalm: LALM, train_cases: Sequence[EditCase]) -> None:
+        """Bind the router to the projection and the decoder; pool the out-of-scope probes."""
+        projection = lalm.modules.resolve(self.config.role).module
+        if not isinstance(projection, nn.Linear):
+            raise TypeError(
+                f"{self.name}: role {self.config.role!r} is a {type(projection).__name__}; "
+                "WISE keeps a side memory of a linear projection"
+            )
+        self._pool = preservation_probes(train_cases)
+        if self.config.preservation_probes and not self._pool:
+            raise ValueError(
+                f"{self.name} draws out-of-scope prompts from the training split, but the "
+                "dataset has no training cases; use a dataset with a train split"
+            )
+        if self.state.router is not None:
+            self.state.router.remove()
+        self._projection = projection
+        self.state.router = Router(
+            projection, decoder_of(lalm), self.state.memories, self.config.act_ratio
+        )
+        self.state.sync_router()
+
+    def apply(self, lalm: LALM, case: EditCase) -> EditOutcome:
+        start = perf_counter()
+        if self._projection is None or self.state.router is None:
+            raise RuntimeError(f"{self.name}: call prepare() before apply()")
+        memory = self.state.active or self._fresh_memory()
+        steps, final_loss, distances = self._train(lalm, case, memory)
+        memory.min_distance = min(memory.min_distance, distances["in_scope"])
+        memory.edits += 1
+        self.state.active = memory
+        self._close_full_shard()
+        self.state.record(case)
+        self.state.sync_router()
+        self.extras = {
+            "distance/in_scope": distances["in_scope"],
+            "regularizer/mean": distances["out_of_scope"],
+        }
+        return EditOutcome(None, steps, final_loss, perf_counter() - start)
+
+    def _fresh_memory(self) -> SideMemory:
+        assert self._projection is not None
+        weight = self._projection.weight.detach().clone()
+        shard = len(self.state.shards)
+        rng = np.random.default_rng([self.config.seed, shard])
+        mask = torch.from_numpy(rng.random(tuple(weight.shape)) < self.config.mask_ratio)
+        return SideMemory(weight, mask.to(weight.device))
+
+    def _close_full_shard(self) -> None:
+        active = self.state.active
+        if self.config.shard_size is None or active is None:
+            return
+        if active.edits < self.config.shard_size:
+            return
+        self.state.shards.append(active)
+        self.state.active = None
+        if self.config.merge == "ties" and len(self.state.shards) > 1:
+            self.state.shards = [self._merged(self.state.shards)]
+
+    def _merged(self, shards: Sequence[SideMemory]) -> SideMemory:
+        assert self._projection is not None
+        original = self._projection.weight.detach()
+        weight = ties_merge(original, [m.weight for m in shards], self.config.merge_density)
+        mask = torch.stack([m.mask for m in shards]).any(dim=0)
+        return SideMemory(
+            weight,
+            mask,
+            min(m.min_distance for m in shards),
+            sum(m.edits for m in shards),
+        )
+
+    def _train(
+        self, lalm: LALM, case: EditCase, memory: SideMemory
+    ) -> tuple[int, float, dict[str, float]]:
+        """SGD on the memory's weight; returns steps, final NLL and the final distances."""
+        assert self._projection is not None and self.state.router is not None
+        router = self.state.router
+        batch = lalm.prepare([case.reliability])
+        target = [case.reliability.answer]
+        in_scope = self._projection_inputs(lalm, batch)
+        out_of_scope = self._out_of_scope_inputs(lalm, case)
+        original = self._projection.weight.detach()
+        side = memory.weight.clone().requires_grad_(True)
+        optimizer = torch.optim.SGD([side], lr=self.config.lr)
+        mask = memory.mask.to(side.dtype)
+        low, high = original - self.config.norm_constraint, original + self.config.norm_constraint
+        router.install()
+        router.training_weight = side
+        steps = 0
+        try:
+            with trainable_only(lalm.model, {}), torch.enable_grad():
+                while True:
+                    nll = lalm.target_nll(batch, target).mean()
+                    margin = self._margin_loss(side - original, in_scope, out_of_scope)
+                    loss = nll + margin
+                    if float(loss.detach()) < self.config.stop_loss or steps == self.config.steps:
+                        break
+                    optimizer.zero_grad(set_to_none=True)
+                    loss.backward()
+                    side.grad.mul_(mask)
+                    optimizer.step()
+                    steps += 1
+                    with torch.no_grad():
+                        side.copy_(torch.maximum(torch.minimum(side, high), low))
+        finally:
+            router.training_weight = None
+        memory.weight = side.detach()
+        distances = self._distances(memory.weight - original, in_scope, out_of_scope)
+        return steps, float(nll.detach()), distances
+
+    def _margin_loss(
+        self, change: Tensor, in_scope: Activations, out_of_scope: Activations | None
+    ) -> Tensor:
+        c = self.config
+        d_in = in_scope.distance(change).mean()
+        loss = torch.relu(c.beta - d_in)
+        if out_of_scope is not None:
+            d_out = out_of_scope.distance(change)
+            loss = loss + torch.relu(d_out - c.alpha).mean()
+            loss = loss + torch.relu(c.gamma - (d_in - d_out)).mean()
+        return loss
+
+    @staticmethod
+    def _distances(
+        change: Tensor, in_scope: Activations, out_of_scope: Activations | None
+    ) -> dict[str, float]:
+        with torch.no_grad():
+            d_in = float(in_scope.distance(change).mean())
+            d_out = 0.0 if out_of_scope is None else float(out_of_scope.distance(change).mean())
+        return {"in_scope": d_in, "out_of_scope": d_out}
+
+    def _projection_inputs(self, lalm: LALM, batch: Batch) -> Activations:
+        """The projection's inputs on the prompts of `batch`."""
+        assert self._projection is not None
+        recorder = ModuleRecorder(self._projection, stop=True)
+        run_recording(lambda: lalm.next_token_logits(batch), recorder)
+        return Activations(recorder.last.hidden_states, batch.attention_mask.bool())
+
+    def _out_of_scope_inputs(self, lalm: LALM, case: EditCase) -> Activations | None:
+        if not self.config.preservation_probes:
+            return None
+        rng = case_rng(self.config.seed, case.case_id)
+        probes = balanced_sample(self._pool, self.config.preservation_probes, rng)
+        return self._projection_inputs(lalm, lalm.prepare(probes))
+
+    def context(self) -> QueryContext:
+        return QueryContext()
+
+
+def decoder_of(lalm: LALM) -> nn.Module:
+    """The module that owns the decoder layers; its forward receives the attention mask."""
+    name = lalm.modules.layers_name.rsplit(".", 1)[0]
+    return lalm.model.get_submodule(name)
+
+
+def build_wise(**fields: object) -> WiseEditor:
+    """Hydra factory: `configs/method/wise.yaml` points here."""
+    return WiseEditor(WiseConfig(**fields))
