@@ -28,8 +28,14 @@ from sake.models.modeling_desta import (
 from sake.models.tokenizer import AUDIO_END, AUDIO_START, IM_END, load_tokenizer
 from sake.training.callbacks import NonFiniteLossError
 from sake.training.clips import manifest_clips
-from sake.training.data import example_options, plan_batches, with_option_mention
-from sake.training.distill import InstructionSettings, cache_path, read_records, write_records
+from sake.training.data import plan_batches
+from sake.training.distill import (
+    InstructionSettings,
+    cache_path,
+    read_records,
+    sample_instructions,
+    write_records,
+)
 from sake.training.examples import ChatExample
 from sake.training.modules import BackboneModule, TrainableSubsetModule
 from sake.training.prompts import (
@@ -52,6 +58,7 @@ from sake.training.stages import (
     train_encoder_stage,
     train_tokenizer_stage,
 )
+from sake.training.text import example_options, with_option_mention
 from sake.training.trainer import PreparedStage, StageContext, fit, lightning_logger
 from sake.utils.run import run_task
 
@@ -315,8 +322,9 @@ def test_connector_steps_lower_the_loss_on_a_fixed_batch(
         # cache with answers, which also shows that a cached stage 1 is read back.
         settings = InstructionSettings(rounds=1, portability_share=0.5, max_new_tokens=4, seed=0)
         clips = manifest_clips(audio, "train")
-        path = cache_path(cache, fresh_backbone_dir, clips, settings)
-        write_records(path, ground_truth_records(clips, settings))
+        instructions = sample_instructions(clips, settings)
+        path = cache_path(cache, fresh_backbone_dir, clips, instructions, settings)
+        write_records(path, ground_truth_records(instructions))
     prepared = prepare_connector(
         cfg.task,
         context_for(cfg, tmp_path),
@@ -507,8 +515,8 @@ def test_backbone_task_runs_from_the_entry_point_config(
             *TINY_SIZES,
             "task.trainer.max_steps=2",
             "task.batch_size=4",
-            "task.validation.clips=1",
-            "task.validation.max_new_tokens=4",
+            "task.threads=null",  # the thread count is process-wide: leave it to the test run
+            *NO_VALIDATION,
         ],
     )
     metrics = run_task(cfg)
@@ -534,6 +542,7 @@ def test_pipeline_exports_float16_weights_that_load_and_resumes_finished_stages(
         "dataset.scale=tiny",
         f"dataset.root={tiny_corpus}",
         f"task.out_dir={out}",
+        "task.threads=null",
         "task.measure.per_group=4",
         "task.measure.max_new_tokens=4",
         "task.stages.tokenizer.vocab_size=512",

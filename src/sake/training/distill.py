@@ -29,8 +29,9 @@ from sake.models.desta import answer_text
 from sake.models.modeling_desta import DestaForCausalLM
 from sake.training import examples
 from sake.training.clips import Clip
-from sake.training.data import EvalBatches, EvalItem, description_prompt, example_options
+from sake.training.data import EvalBatches, EvalItem
 from sake.training.prompts import stop_token_ids
+from sake.training.text import description_prompt, example_options
 
 CACHE_FORMAT = 1
 
@@ -108,23 +109,30 @@ def backbone_fingerprint(backbone_dir: Path) -> str:
     return file_digest([backbone_dir / "backbone.safetensors", *tokenizer_files])[:16]
 
 
-def instruction_key(clips: Sequence[Clip], settings: InstructionSettings) -> str:
-    """Hash of the clip list (with each clip's content fingerprint) and the settings."""
+def instruction_key(
+    clips: Sequence[Clip], instructions: Sequence[Instruction], settings: InstructionSettings
+) -> str:
+    """Hash of everything the backbone reads and the settings: each instruction with the
+    description of its clip. Changed question templates or labels give another key."""
+    descriptions = {clip.info.relative_path: examples.seed_description(clip.info) for clip in clips}
     payload = {
         "format": CACHE_FORMAT,
         "settings": asdict(settings),
-        "clips": [(clip.info.relative_path, clip.fingerprint) for clip in clips],
+        "instructions": [(i.clip, descriptions[i.clip], i.question) for i in instructions],
     }
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def cache_path(cache_dir: Path, backbone_dir: Path, clips: Sequence[Clip], settings) -> Path:
-    return (
-        Path(cache_dir)
-        / "distill"
-        / backbone_fingerprint(backbone_dir)
-        / f"{instruction_key(clips, settings)}.jsonl"
-    )
+def cache_path(
+    cache_dir: Path,
+    backbone_dir: Path,
+    clips: Sequence[Clip],
+    instructions: Sequence[Instruction],
+    settings: InstructionSettings,
+) -> Path:
+    """`<cache>/distill/<backbone fingerprint>/<instruction key>.jsonl`."""
+    key = instruction_key(clips, instructions, settings)
+    return Path(cache_dir) / "distill" / backbone_fingerprint(backbone_dir) / f"{key}.jsonl"
 
 
 def read_records(path: Path) -> list[DistillRecord]:
