@@ -18,7 +18,8 @@ from sake.data.schema import EditCase
 from sake.data.writers import write_release
 from sake.evaluation.metrics import sequential_metrics, single_metrics
 from sake.evaluation.records import RECORDS_FILE, RecordWriter, read_records, record_key
-from sake.methods.base import EditOutcome
+from sake.evaluation.specificity import SPECIFICITY_METRICS
+from sake.methods.base import EditorState, EditOutcome, QueryContext
 from sake.methods.ft import FineTuneConfig, FineTuneEditor
 from sake.methods.ike import InstructionConfig, InstructionEditor
 from sake.models.desta import DestaLALM
@@ -95,13 +96,30 @@ def unchanged(lalm: DestaLALM, before: dict[str, torch.Tensor]) -> bool:
 
 
 def without_timing(record: dict[str, Any]) -> dict[str, Any]:
-    """A record without its wall time, its loss to 5 digits.
+    """A record without its wall time and specificity scores, its loss to 5 digits.
 
     Cached audio embeddings differ in the last bits with the batch a clip was encoded in,
-    so a replayed edit's loss may too; outputs and judgements must not.
+    so a replayed edit's loss and scores may too (`specificity_values` compares those
+    approximately); outputs and judgements must not differ.
     """
     loss = round(record["edit"]["final_loss"], 5)
-    return {**record, "edit": {**record["edit"], "seconds": None, "final_loss": loss}}
+    probes = [{k: v for k, v in p.items() if k != "specificity"} for p in record["probes"]]
+    edit = {**record["edit"], "seconds": None, "final_loss": loss}
+    return {**record, "probes": probes, "edit": edit}
+
+
+def specificity_values(records: list[dict[str, Any]]) -> list[float | None]:
+    return [
+        value
+        for record in records
+        for probe in record["probes"]
+        for value in (probe.get("specificity") or {}).values()
+    ]
+
+
+def same_replay(records: list[dict[str, Any]], whole: list[dict[str, Any]]) -> None:
+    assert [without_timing(r) for r in records] == [without_timing(r) for r in whole]
+    assert specificity_values(records) == pytest.approx(specificity_values(whole), rel=1e-4)
 
 
 class Interrupting:
@@ -191,6 +209,87 @@ def test_ft_audio_keeps_every_text_only_answer(
     assert single_metrics(records)["single/locality_text"] == 1.0
     audio = [p for r in records for p in r["probes"] if p["audio"] is not None]
     assert any(p["post_output"] != p["pre_output"] for p in audio)
+    text_locality = [p["specificity"] for p in text if p["kind"] == "locality_text"]
+    assert text_locality and all(s["kl"] == 0.0 and s["top1"] == 100.0 for s in text_locality)
+    assert any(p["specificity"]["kl"] > 0 for p in audio if p["kind"] == "locality_audio")
+
+
+class Unchanging:
+    """Edits nothing and reports a fixed regularizer per layer, as a method at λ → ∞ would."""
+
+    name = "unchanging"
+    extras = {"regularizer/layer1": 0.5, "regularizer/layer2": 1.5, "regularizer/mean": 1.0}
+
+    def __init__(self, touches_audio_path: bool = False) -> None:
+        self.state = EditorState()
+        self.touches_audio_path = touches_audio_path
+
+    def prepare(self, lalm: DestaLALM, train_cases: list[EditCase]) -> None:
+        pass
+
+    def apply(self, lalm: DestaLALM, case: EditCase) -> EditOutcome:
+        self.state.record(case)
+        return EditOutcome(None, 0, None, 0.0)
+
+    def context(self) -> QueryContext:
+        return QueryContext()
+
+
+class FirstOnly(Unchanging):
+    """Fine-tunes the model on a sequence's first case only; later edits change nothing."""
+
+    name = "first_only"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.inner = FineTuneEditor(
+            FineTuneConfig(name="ft_llm", role="llm.layer[-1].mlp", lr=5e-2)
+        )
+
+    def apply(self, lalm: DestaLALM, case: EditCase) -> EditOutcome:
+        if not self.state.edits:
+            self.state.record(case)
+            return self.inner.apply(lalm, case)
+        return super().apply(lalm, case)
+
+
+def locality_scores(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [p["specificity"] for r in records for p in r["probes"] if "locality" in p["kind"]]
+
+
+@pytest.mark.parametrize("touches_audio_path", [False, True])
+def test_an_unchanged_model_scores_zero_kl_and_full_overlap(
+    make: Any, release: SakeRelease, tmp_path: Path, touches_audio_path: bool
+) -> None:
+    cases = release.splits["test"]
+    runner = make(Unchanging(touches_audio_path), tmp_path, cache=None)
+    records = runner.run_single(cases)
+    assert read_records(tmp_path / RECORDS_FILE) == records
+    scores = locality_scores(records)
+    assert len(scores) == sum(len(c.locality_audio) + 1 for c in cases)
+    for score in scores:
+        assert set(score) == set(SPECIFICITY_METRICS)
+        assert score["kl"] == 0.0
+        assert score["top1"] == score["top5"] == score["top10"] == 100.0
+    edit_probes = [p for r in records for p in r["probes"] if "locality" not in p["kind"]]
+    assert not any("specificity" in p for p in edit_probes)
+    metrics = single_metrics(records)
+    assert metrics["single/locality/kl"] == metrics["single/Animal/locality_text/kl"] == 0.0
+    assert metrics["single/locality_audio/type2/top5"] == metrics["single/locality/top10"] == 100.0
+    assert "single/locality/c_acc" in metrics and "single/locality_audio/s_acc" in metrics
+    assert runner.timings.seconds["specificity"] > 0
+
+
+def test_editor_extras_are_recorded_and_averaged(
+    make: Any, release: SakeRelease, tmp_path: Path
+) -> None:
+    records = make(Unchanging(), tmp_path, cache=None).run_single(release.splits["test"])
+    assert all(r["edit"]["extras"] == Unchanging.extras for r in records)
+    metrics = single_metrics(records)
+    assert metrics["single/edit/regularizer/layer2"] == 1.5
+    assert metrics["single/edit/regularizer/mean"] == 1.0
+    plain = make(ft_llm(), tmp_path / "ft", cache=None).run_single(release.splits["test"][:1])
+    assert plain[0]["edit"]["extras"] == {}
 
 
 def test_resumed_run_equals_an_uninterrupted_one(
@@ -210,10 +309,10 @@ def test_resumed_run_equals_an_uninterrupted_one(
         RecordWriter(path)
     resumed = make(ft_llm(), tmp_path / "run", cache=cache, resume=True)
     records = resumed.run_single(cases)
-    assert single_metrics(records) == single_metrics(whole)
+    assert single_metrics(records) == pytest.approx(single_metrics(whole), rel=1e-4)
     on_disk = read_records(path)
     assert len(on_disk) == len(cases) == len({record_key(r) for r in on_disk})
-    assert [without_timing(r) for r in on_disk] == [without_timing(r) for r in whole]
+    same_replay(on_disk, whole)
 
 
 def test_resume_refuses_records_of_another_method(
@@ -258,6 +357,28 @@ def test_sequential_runner_evaluates_only_the_scheduled_pairs(
     assert {f"sequential/reliability/gap{g}" for g in range(6)} <= metrics.keys()
 
 
+def test_sequential_specificity_is_measured_against_the_original_model(
+    make: Any, lalm: DestaLALM, release: SakeRelease, tmp_path: Path
+) -> None:
+    before = parameters(lalm)
+    sequence = release.sequences[1]
+    unchanged_run = make(Unchanging(), tmp_path / "none", cache=None, protocol="sequential")
+    assert all(
+        s["kl"] == 0.0 and s["top10"] == 100.0
+        for s in locality_scores(unchanged_run.run_sequential([sequence]))
+    )
+    records = make(FirstOnly(), tmp_path / "first", cache=None, protocol="sequential")
+    records = records.run_sequential([sequence])
+    assert unchanged(lalm, before)
+    # edit 1 changes nothing, yet its scores show the first edit: the reference is the original
+    later = [r for r in records if r["edit_index"] == 1 and r["gap"] == 0]
+    assert later and all(s["kl"] > 0 for s in locality_scores(later))
+    metrics = sequential_metrics(records)
+    assert metrics["sequential/locality/kl/gap0"] > 0
+    assert {f"sequential/locality_audio/top1/gap{g}" for g in range(6)} <= metrics.keys()
+    assert metrics["sequential/edit/regularizer/mean"] == 1.0
+
+
 def test_sequential_resume_replays_the_sequence(
     make: Any, lalm: DestaLALM, release: SakeRelease, tmp_path: Path
 ) -> None:
@@ -273,7 +394,7 @@ def test_sequential_resume_replays_the_sequence(
     records = make(
         ft_llm(), tmp_path / "run", cache=None, resume=True, protocol="sequential"
     ).run_sequential(sequences)
-    assert [without_timing(r) for r in records] == [without_timing(r) for r in whole]
+    same_replay(records, whole)
     assert len(read_records(tmp_path / "run" / RECORDS_FILE)) == len(whole)
 
 
@@ -396,5 +517,6 @@ def test_edit_task_runs_the_sequential_protocol(compose_cfg, on_disk) -> None:
 
 def test_edit_task_without_an_editing_method_says_what_to_choose(compose_cfg, on_disk) -> None:
     cfg = compose_cfg("edit", edit_overrides(on_disk, "method=none"))
-    with pytest.raises(ValueError, match="ft_audio, ft_llm, i_ike, ie_ike"):
+    with pytest.raises(ValueError, match="does not edit anything") as error:
         run_task(cfg)
+    assert all(name in str(error.value) for name in ("ft_audio", "ft_llm", "i_ike", "ie_ike"))

@@ -188,17 +188,25 @@ def test_shards_are_merged_with_ties(lalm: DestaLALM, release: SakeRelease) -> N
         assert editor.state.active is None and len(editor.state.shards) == 1
         merged = editor.state.shards[0]
         assert merged.edits == 3
-        assert merged.min_distance == pytest.approx(min(thresholds))
+        change = merged.weight - lalm.modules.resolve(ROLE).module.weight.detach()
+        measured = [float(a.distance(change).mean()) for a in merged.edit_inputs]
+        assert merged.min_distance == pytest.approx(min(measured))
+        assert merged.min_distance != pytest.approx(min(thresholds))  # re-measured on the merge
     finally:
         editor.state.reset()
 
 
-def test_sequential_edits_accumulate_in_one_memory(lalm: DestaLALM, release: SakeRelease) -> None:
+def test_sequential_edits_accumulate_and_keep_earlier_edits_routed(
+    lalm: DestaLALM, release: SakeRelease
+) -> None:
     editor = prepared(lalm, release)
+    cases = release.sequences[1].cases[:3]
     try:
-        for case in release.sequences[1].cases[:3]:
+        for case in cases:
             editor.apply(lalm, case)
         assert editor.state.shards == [] and editor.state.active.edits == 3
+        lalm.next_token_logits(lalm.prepare([case.reliability for case in cases]))
+        assert editor.state.router.last_routes.tolist() == [0, 0, 0]
     finally:
         editor.state.reset()
 

@@ -338,7 +338,8 @@ def write_plot(analysis: SweepAnalysis, path: Path) -> Path:
     left.set_xscale("log" if min(values) > 0 else "linear")
     left.set_xlabel(analysis.parameter)
     left.set_ylabel(f"mean regularizer ({analysis.regularizer_source})")
-    for s in analysis.sensitivities:
+    colours = pyplot.get_cmap("tab10").colors
+    for number, s in enumerate(analysis.sensitivities):
         present = [
             (job.value, job.metrics[s.metric.key])
             for job in analysis.jobs
@@ -346,7 +347,13 @@ def write_plot(analysis: SweepAnalysis, path: Path) -> Path:
         ]
         xs, ys = zip(*present, strict=True)
         scale = s.metric.span or max(abs(v) for v in ys) or 1.0
-        right.plot(xs, [v / scale for v in ys], "o-", label=f"{s.metric.label} (τ={s.tau:.2f})")
+        right.plot(
+            xs,
+            [v / scale for v in ys],
+            "o-" if number < len(colours) else "s--",
+            color=colours[number % len(colours)],
+            label=f"{s.metric.label} (τ={s.tau:.2f})",
+        )
     right.set_xscale("log" if min(values) > 0 else "linear")
     right.set_xlabel(analysis.parameter)
     right.set_ylabel("metric / range")

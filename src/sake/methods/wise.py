@@ -23,7 +23,10 @@ otherwise the original weight answers. The decision made on the prompt holds for
 generated after it. Padding is told apart by the decoder's own attention mask, read by a
 forward pre-hook on the module that owns the decoder layers.
 
-Sequential editing accumulates edits in the side memory. With `shard_size` set, a memory that
+Sequential editing accumulates edits in the side memory: the in-scope terms (beta, gamma) are
+applied to every edit prompt the memory already holds, so that a new edit does not stop the
+earlier ones being routed to it, and the memory's threshold is re-measured on all of them after
+each edit. With `shard_size` set, a memory that
 holds that many edits is frozen and a fresh one (with a fresh mask) takes the next edits; with
 `merge: ties` the frozen shards are merged into one memory by TIES (trim to the largest
 `merge_density` of each shard's change, elect the sign per element, average the agreeing
@@ -88,21 +91,52 @@ class WiseConfig:
             raise ValueError(f"{self.name}: unknown merge {self.merge!r}; one of {MERGES}")
 
 
+@dataclass(frozen=True)
+class Activations:
+    """Inputs of the projection on some prompts, and which of their tokens are real."""
+
+    inputs: Tensor
+    real: Tensor | None
+
+    def distance(self, change: Tensor) -> Tensor:
+        return activation_distance(self.inputs, change, self.real)
+
+    def to_dict(self) -> dict[str, Any]:
+        real = None if self.real is None else encode_tensor(self.real)
+        return {"inputs": encode_tensor(self.inputs), "real": real}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Activations:
+        real = None if data["real"] is None else decode_tensor(data["real"])
+        return cls(decode_tensor(data["inputs"]), real)
+
+
 @dataclass
 class SideMemory:
-    """One side-memory weight, the mask its gradients flow through, its routing threshold."""
+    """One side-memory weight, the mask its gradients flow through, the projection inputs of
+    the edit prompts written into it, and its routing threshold (their smallest distance)."""
 
     weight: Tensor
     mask: Tensor
+    edit_inputs: list[Activations] = field(default_factory=list)
     min_distance: float = math.inf
-    edits: int = 0
+
+    @property
+    def edits(self) -> int:
+        return len(self.edit_inputs)
+
+    def update_threshold(self, original: Tensor) -> None:
+        """The smallest activation distance of the memory's own edit prompts."""
+        change = self.weight - original
+        with torch.no_grad():
+            self.min_distance = min(float(a.distance(change).mean()) for a in self.edit_inputs)
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "weight": encode_tensor(self.weight),
             "mask": encode_tensor(self.mask),
+            "edit_inputs": [a.to_dict() for a in self.edit_inputs],
             "min_distance": self.min_distance,
-            "edits": self.edits,
         }
 
     @classmethod
@@ -110,8 +144,8 @@ class SideMemory:
         return cls(
             decode_tensor(data["weight"]),
             decode_tensor(data["mask"]),
+            [Activations.from_dict(a) for a in data["edit_inputs"]],
             float(data["min_distance"]),
-            int(data["edits"]),
         )
 
 
@@ -152,17 +186,6 @@ def ties_merge(base: Tensor, weights: Sequence[Tensor], density: float) -> Tenso
     agree = (torch.sign(trimmed) == elected) & (trimmed != 0)
     merged = (trimmed * agree).sum(dim=0) / agree.sum(dim=0).clamp_min(1)
     return (base.float() + merged.view_as(base)).to(base.dtype)
-
-
-@dataclass(frozen=True)
-class Activations:
-    """Inputs of the projection on some prompts, and which of their tokens are real."""
-
-    inputs: Tensor
-    real: Tensor | None
-
-    def distance(self, change: Tensor) -> Tensor:
-        return activation_distance(self.inputs, change, self.real)
 
 
 class Router:
@@ -339,8 +362,7 @@ class WiseEditor:
             raise RuntimeError(f"{self.name}: call prepare() before apply()")
         memory = self.state.active or self._fresh_memory()
         steps, final_loss, distances = self._train(lalm, case, memory)
-        memory.min_distance = min(memory.min_distance, distances["in_scope"])
-        memory.edits += 1
+        memory.update_threshold(self._projection.weight.detach())
         self.state.active = memory
         self._close_full_shard()
         self.state.record(case)
@@ -354,8 +376,8 @@ class WiseEditor:
     def _fresh_memory(self) -> SideMemory:
         assert self._projection is not None
         weight = self._projection.weight.detach().clone()
-        shard = len(self.state.shards)
-        rng = np.random.default_rng([self.config.seed, shard])
+        # the edits so far number the memory, so that every shard gets its own mask
+        rng = np.random.default_rng([self.config.seed, len(self.state.edits)])
         mask = torch.from_numpy(rng.random(tuple(weight.shape)) < self.config.mask_ratio)
         return SideMemory(weight, mask.to(weight.device))
 
@@ -371,26 +393,29 @@ class WiseEditor:
             self.state.shards = [self._merged(self.state.shards)]
 
     def _merged(self, shards: Sequence[SideMemory]) -> SideMemory:
+        """One memory holding every shard's edits; its threshold is measured on the merge."""
         assert self._projection is not None
         original = self._projection.weight.detach()
         weight = ties_merge(original, [m.weight for m in shards], self.config.merge_density)
         mask = torch.stack([m.mask for m in shards]).any(dim=0)
-        return SideMemory(
-            weight,
-            mask,
-            min(m.min_distance for m in shards),
-            sum(m.edits for m in shards),
-        )
+        merged = SideMemory(weight, mask, [a for m in shards for a in m.edit_inputs])
+        merged.update_threshold(original)
+        return merged
 
     def _train(
         self, lalm: LALM, case: EditCase, memory: SideMemory
     ) -> tuple[int, float, dict[str, float]]:
-        """SGD on the memory's weight; returns steps, final NLL and the final distances."""
+        """SGD on the memory's weight; returns steps, final NLL and the final distances.
+
+        The memory's earlier edit prompts stay in scope (WISE's replay of the in-scope
+        activation terms), so that writing a new edit does not stop them being routed here.
+        """
         assert self._projection is not None and self.state.router is not None
         router = self.state.router
         batch = lalm.prepare([case.reliability])
         target = [case.reliability.answer]
-        in_scope = self._projection_inputs(lalm, batch)
+        current = self._projection_inputs(lalm, batch)
+        in_scope = [current, *memory.edit_inputs]
         out_of_scope = self._out_of_scope_inputs(lalm, case)
         original = self._projection.weight.detach()
         side = memory.weight.clone().requires_grad_(True)
@@ -418,19 +443,20 @@ class WiseEditor:
         finally:
             router.training_weight = None
         memory.weight = side.detach()
-        distances = self._distances(memory.weight - original, in_scope, out_of_scope)
+        memory.edit_inputs.append(current)
+        distances = self._distances(memory.weight - original, current, out_of_scope)
         return steps, float(nll.detach()), distances
 
     def _margin_loss(
-        self, change: Tensor, in_scope: Activations, out_of_scope: Activations | None
+        self, change: Tensor, in_scope: Sequence[Activations], out_of_scope: Activations | None
     ) -> Tensor:
         c = self.config
-        d_in = in_scope.distance(change).mean()
-        loss = torch.relu(c.beta - d_in)
+        d_in = torch.stack([a.distance(change).mean() for a in in_scope])
+        loss = torch.relu(c.beta - d_in).mean()
         if out_of_scope is not None:
             d_out = out_of_scope.distance(change)
             loss = loss + torch.relu(d_out - c.alpha).mean()
-            loss = loss + torch.relu(c.gamma - (d_in - d_out)).mean()
+            loss = loss + torch.relu(c.gamma - (d_in[:, None] - d_out[None, :])).mean()
         return loss
 
     @staticmethod
