@@ -9,11 +9,19 @@ import torch
 from hydra.errors import MissingConfigException
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
+from torch import nn
 
 from lalm_fixtures import edit_release, make_lalm, make_tokenizer
 from sake.data.readers import SakeRelease
 from sake.data.schema import EditCase
-from sake.methods.base import AppliedEdit, Editor, EditorState, WeightSnapshot, build_editor
+from sake.methods.base import (
+    AppliedEdit,
+    Editor,
+    EditorState,
+    MasterWeights,
+    WeightSnapshot,
+    build_editor,
+)
 from sake.methods.ft import FineTuneConfig, FineTuneEditor
 from sake.methods.ike import (
     DemonstrationConfig,
@@ -327,3 +335,37 @@ def test_method_without_an_editor_names_the_editing_methods(compose_cfg) -> None
     with pytest.raises(ValueError, match="does not edit anything") as error:
         build_editor(cfg.method, available=["none", "ft_llm", "i_ike"])
     assert "ft_llm, i_ike" in str(error.value)
+
+
+def _changed_share_after_adam(layer: nn.Linear, masters: bool) -> float:
+    """Share of weights 100 Adam steps of lr 1e-5 change, with or without fp32 copies."""
+    before = layer.weight.detach().clone()
+    weights = MasterWeights(list(layer.parameters())) if masters else None
+    optimizer = torch.optim.Adam(weights.tensors if weights else layer.parameters(), lr=1e-5)
+    inputs = torch.randn(4, 16, generator=torch.Generator().manual_seed(1)).to(layer.weight.dtype)
+    for _ in range(100):
+        layer(inputs).float().pow(2).mean().backward()
+        if weights:
+            weights.pull_gradients()
+        optimizer.step()
+        optimizer.zero_grad()
+        if weights:
+            weights.push_weights()
+            assert torch.equal(layer.weight, weights.tensors[0].to(layer.weight.dtype))
+    return float((layer.weight != before).float().mean())
+
+
+def test_master_weights_keep_adam_steps_that_bf16_would_round_away() -> None:
+    torch.manual_seed(0)
+    layer = nn.Linear(16, 16).to(torch.bfloat16)
+    naive = nn.Linear(16, 16).to(torch.bfloat16)
+    naive.load_state_dict(layer.state_dict())
+    assert _changed_share_after_adam(layer, masters=True) > 0.9
+    assert _changed_share_after_adam(naive, masters=False) < 0.5
+    assert all(p.grad is None for p in layer.parameters())
+
+
+def test_master_weights_optimise_fp32_parameters_in_place() -> None:
+    layer = nn.Linear(4, 4)
+    weights = MasterWeights(list(layer.parameters()))
+    assert all(m is p for m, p in zip(weights.tensors, layer.parameters(), strict=True))

@@ -182,6 +182,36 @@ def trainable_only(model: nn.Module, parameters: Mapping[str, nn.Parameter]) -> 
             parameter.grad = None
 
 
+class MasterWeights:
+    """fp32 copies of low-precision parameters for an optimiser to update.
+
+    A bf16 weight cannot hold an Adam step of lr 1e-5 (most such steps round to nothing), so
+    the optimiser updates fp32 copies and every step is written back, rounded once. fp32
+    parameters are optimised in place.
+    """
+
+    def __init__(self, parameters: Sequence[nn.Parameter]) -> None:
+        self.parameters = list(parameters)
+        self.tensors = [
+            p if p.dtype == torch.float32 else p.detach().float().requires_grad_(True)
+            for p in self.parameters
+        ]
+
+    def pull_gradients(self) -> None:
+        """Move each parameter's gradient onto its fp32 copy (the next backward starts at 0)."""
+        for parameter, master in zip(self.parameters, self.tensors, strict=True):
+            if master is not parameter:
+                master.grad = None if parameter.grad is None else parameter.grad.float()
+                parameter.grad = None
+
+    def push_weights(self) -> None:
+        """Write the fp32 copies back into the parameters."""
+        with torch.no_grad():
+            for parameter, master in zip(self.parameters, self.tensors, strict=True):
+                if master is not parameter:
+                    parameter.copy_(master)
+
+
 def build_editor(method: Mapping[str, Any], available: Sequence[str] = ()) -> Editor:
     """Instantiate the editor a method config names through its `_target_` factory.
 

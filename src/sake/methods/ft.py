@@ -4,7 +4,7 @@ Both are the same method pointed at different roles: `llm.layer[-1].mlp` (the la
 layer's MLP) for FT (LLM) and `connector` (the modality connector) for FT (Audio). Adam runs
 on the role's parameters only, minimising the teacher-forced NLL of the reliability probe's
 answer y_e given the edit audio and question, for at most `max_steps` steps, and stops as
-soon as the loss falls below `stop_loss`.
+soon as the loss falls below `stop_loss`. Adam keeps fp32 copies of bf16/fp16 weights.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from sake.data.schema import EditCase
 from sake.methods.base import (
     EditorState,
     EditOutcome,
+    MasterWeights,
     QueryContext,
     WeightSnapshot,
     role_touches_audio_path,
@@ -80,7 +81,8 @@ class FineTuneEditor:
         """Adam steps until the loss is below `stop_loss` or `max_steps` were taken."""
         batch = lalm.prepare([case.reliability])
         targets = [case.reliability.answer]
-        optimizer = torch.optim.Adam(parameters.values(), lr=self.config.lr)
+        weights = MasterWeights(list(parameters.values()))
+        optimizer = torch.optim.Adam(weights.tensors, lr=self.config.lr)
         steps = 0
         with trainable_only(lalm.model, parameters), torch.enable_grad():
             while True:
@@ -90,7 +92,9 @@ class FineTuneEditor:
                     return steps, final_loss
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
+                weights.pull_gradients()
                 optimizer.step()
+                weights.push_weights()
                 steps += 1
 
     def context(self) -> QueryContext:
