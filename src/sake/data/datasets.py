@@ -45,13 +45,31 @@ class SakeDataset:
         return load_release(self.root, audio_root=self.audio_root)
 
     def cases(self, split: str | None = None) -> list[EditCase]:
-        """The cases of `split` (default: the configured one), cut to `limit` if set."""
+        """The cases of `split` (default: the configured one), cut to `limit` if set.
+
+        A limit takes the first cases of every attribute in turn, so that a quick run on a
+        split ordered by attribute still covers all four.
+        """
         cases = self.release.splits[split or self.split]
-        return cases if self.limit is None else cases[: int(self.limit)]
+        return cases if self.limit is None else balanced_head(cases, int(self.limit))
 
     def sequences(self) -> list[Sequence]:
         sequences = self.release.sequences
         return sequences if self.limit is None else sequences[: max(1, int(self.limit) // 10)]
+
+
+def balanced_head(cases: list[EditCase], limit: int) -> list[EditCase]:
+    """The first `limit` cases taken round-robin over attributes, each in its own order."""
+    by_attribute: dict[str, list[EditCase]] = {}
+    for case in cases:
+        by_attribute.setdefault(case.attribute, []).append(case)
+    queues = list(by_attribute.values())
+    picked: list[EditCase] = []
+    for rank in range(max((len(q) for q in queues), default=0)):
+        picked.extend(q[rank] for q in queues if rank < len(q))
+        if len(picked) >= limit:
+            break
+    return picked[:limit]
 
 
 class SyntheticSakeDataset(SakeDataset):
