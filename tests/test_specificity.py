@@ -10,6 +10,7 @@ import torch
 from lalm_fixtures import edit_release, make_lalm, make_tokenizer
 from sake.data.readers import SakeRelease
 from sake.data.schema import EditCase
+from sake.evaluation.metrics import sequential_metrics, single_metrics
 from sake.evaluation.specificity import (
     SPECIFICITY_METRICS,
     exact_match,
@@ -22,6 +23,7 @@ from sake.evaluation.specificity import (
     specificity_scores,
     token_accuracy,
     topk_overlap,
+    with_specificity,
 )
 from sake.methods.ft import FineTuneConfig, FineTuneEditor
 from sake.models.desta import DestaLALM
@@ -193,3 +195,51 @@ def test_sequential_metrics_pool_edits_per_gap() -> None:
     assert not any(key.endswith("gap9") for key in metrics)
     assert specificity_metrics([]) == {}
     assert all(math.isfinite(v) for v in metrics.values())
+
+
+def test_scores_go_to_the_locality_probes_in_order() -> None:
+    probes = [
+        {"kind": "reliability", "type": None},
+        {"kind": "locality_audio", "type": 1},
+        {"kind": "locality_text", "type": None},
+    ]
+    scores = [{"kl": 0.1}, {"kl": 0.2}]
+    kept = with_specificity(probes, scores)
+    assert [p.get("specificity") for p in kept] == [None, {"kl": 0.1}, {"kl": 0.2}]
+    assert "specificity" not in probes[1]  # the judged probes themselves are left as they were
+    with pytest.raises(ValueError, match="locality_probes"):
+        with_specificity(probes, scores[:1])
+
+
+def test_run_metrics_include_specificity_and_editor_extras() -> None:
+    def record(protocol: str, case: str, kl: float, reg: float, **where: int) -> dict:
+        probe = {
+            **judged("locality_text", None, kl=kl, top1=100.0),
+            "score": True,
+            "pre_correct": True,
+            "post_correct": True,
+        }
+        extras = {"regularizer/layer1": reg, "regularizer/mean": reg}
+        return {
+            "protocol": protocol,
+            "case_id": case,
+            "attribute": "Animal",
+            "edit": {"extras": extras},
+            "probes": [probe],
+            **where,
+        }
+
+    single = single_metrics([record("single", "a", 0.2, 1.0), record("single", "b", 0.4, 3.0)])
+    assert single["single/locality/kl"] == pytest.approx(0.3)
+    assert single["single/Animal/locality_text/top1"] == 100.0
+    assert single["single/edit/regularizer/layer1"] == 2.0
+    # edit 0 of sequence 0 is evaluated at two steps but was applied, and regularized, once
+    evaluated = [
+        record("sequential", "a", 0.2, 1.0, sequence=0, step=0, edit_index=0, gap=0),
+        record("sequential", "a", 0.6, 1.0, sequence=0, step=1, edit_index=0, gap=1),
+        record("sequential", "b", 0.4, 4.0, sequence=0, step=1, edit_index=1, gap=0),
+    ]
+    sequential = sequential_metrics(evaluated)
+    assert sequential["sequential/locality/kl/gap0"] == pytest.approx(0.3)
+    assert sequential["sequential/locality_text/kl/gap1"] == pytest.approx(0.6)
+    assert sequential["sequential/edit/regularizer/mean"] == 2.5

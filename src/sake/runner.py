@@ -10,6 +10,16 @@ restoring; after edit i, evaluate every earlier edit j with j < `max_edit` and i
 last step any of them needs. Locality is always judged against the original model's outputs.
 One record per (sequence, step, edit); the model is restored at the end of each sequence.
 
+Every record keeps what the editor reported about its edit (`record["edit"]["extras"]`, e.g.
+MEMIT's regularizer per layer) and, on each locality probe, the GT-free and GT-based
+specificity scores (`probe["specificity"]`, see `sake.evaluation.specificity`). Their pre-edit
+side, the next-token distributions of the unedited model, is computed once per run: for each
+case right before its edit, and in sequential editing for every evaluated case before the
+sequence's first edit, so every step is compared with the original model. They stay in memory
+only, since a vocabulary-sized row per probe costs more to store than one forward pass to
+recompute; both sides run over the same batches, so an unchanged model scores exactly KL 0 and
+100% overlap.
+
 Pre-edit outputs come from `PreEditCache`: generated once per model (by fingerprint) and
 probe, in large batches before any edit, kept on disk and shared by every method and run.
 Audio-encoder and connector outputs are cached for the whole run when the method cannot
@@ -35,12 +45,21 @@ from pathlib import Path
 from time import perf_counter
 from typing import Any
 
+from torch import Tensor
+
 from sake.data.schema import EditCase, Probe
 from sake.data.schema import Sequence as EditSequence
 from sake.evaluation.judges.base import Judge, OptionJudge
-from sake.evaluation.metrics import judge_probes
+from sake.evaluation.metrics import LOCALITY_KINDS, judge_probes
 from sake.evaluation.probing import generate_answers
 from sake.evaluation.records import Record, RecordWriter, record_key
+from sake.evaluation.specificity import (
+    Scores,
+    locality_probes,
+    pre_edit_logits,
+    specificity_scores,
+    with_specificity,
+)
 from sake.methods.base import Editor, EditOutcome, WeightSnapshot
 from sake.models.base import LALM
 
@@ -282,16 +301,19 @@ class EditRunner:
         return [self._records[key] for key in keys]
 
     def _single_case(self, case: EditCase, pre_outputs: Sequence[str]) -> None:
-        outcome = self._apply(case)
+        pre_logits = self._pre_edit_logits(case)
+        outcome, extras = self._apply(case)
         try:
             post_outputs = self._ask(list(case.probes()))
+            specificity = self._specificity(case, pre_logits, post_outputs)
         finally:
             self._undo(outcome.snapshot)
         self._write(
-            {"protocol": "single", **self._case_fields(case, outcome)},
+            {"protocol": "single", **self._case_fields(case, outcome, extras)},
             case,
             pre_outputs,
             post_outputs,
+            specificity,
         )
 
     # ------------------------------------------------------------------ sequential
@@ -321,14 +343,19 @@ class EditRunner:
 
     def _sequence(self, sequence: EditSequence) -> None:
         cases = sequence.cases
+        schedule = self._schedule(sequence)
         snapshot: WeightSnapshot | None = None
-        outcomes: list[EditOutcome] = []
+        applied: list[tuple[EditOutcome, dict[str, float]]] = []
         try:
             with self._run_scope():
                 pre_outputs = self._pre_edit_outputs(cases)
-                for step, evaluated in enumerate(self._schedule(sequence)):
-                    outcome = self._apply(cases[step])
-                    outcomes.append(outcome)
+                pre_logits = {
+                    j: self._pre_edit_logits(cases[j])
+                    for j in sorted({j for evaluated in schedule for j in evaluated})
+                }
+                for step, evaluated in enumerate(schedule):
+                    outcome, extras = self._apply(cases[step])
+                    applied.append((outcome, extras))
                     snapshot = _merged(snapshot, outcome.snapshot)
                     todo = [
                         j
@@ -336,7 +363,9 @@ class EditRunner:
                         if ("sequential", sequence.index, step, j) not in self._records
                     ]
                     if todo:
-                        self._sequential_step(sequence, step, todo, outcomes, pre_outputs)
+                        self._sequential_step(
+                            sequence, step, todo, applied, pre_outputs, pre_logits
+                        )
         finally:
             self._undo(snapshot)
 
@@ -345,24 +374,29 @@ class EditRunner:
         sequence: EditSequence,
         step: int,
         evaluated: Sequence[int],
-        outcomes: Sequence[EditOutcome],
+        applied: Sequence[tuple[EditOutcome, dict[str, float]]],
         pre_outputs: Mapping[str, Sequence[str]],
+        pre_logits: Mapping[int, Tensor],
     ) -> None:
-        """Ask the probes of every evaluated edit in one batched call, then write a record each."""
+        """Ask the probes of every evaluated edit in one batched call, then write a record each.
+
+        Specificity is scored per edit, over the same batches as its pre-edit side.
+        """
         probe_lists = [list(sequence.cases[j].probes()) for j in evaluated]
         answers = iter(self._ask([probe for probes in probe_lists for probe in probes]))
         for j, probes in zip(evaluated, probe_lists, strict=True):
             case = sequence.cases[j]
             post_outputs = [next(answers) for _ in probes]
+            specificity = self._specificity(case, pre_logits[j], post_outputs)
             fields = {
                 "protocol": "sequential",
                 "sequence": sequence.index,
                 "step": step,
                 "edit_index": j,
                 "gap": step - j,
-                **self._case_fields(case, outcomes[j]),
+                **self._case_fields(case, *applied[j]),
             }
-            self._write(fields, case, pre_outputs[case.case_id], post_outputs)
+            self._write(fields, case, pre_outputs[case.case_id], post_outputs, specificity)
 
     # ------------------------------------------------------------------ shared steps
 
@@ -375,9 +409,18 @@ class EditRunner:
             outputs = iter(self.pre_edit.outputs(self.lalm, probes, self.settings.batch_size))
         return {case.case_id: [next(outputs) for _ in case.probes()] for case in cases}
 
-    def _apply(self, case: EditCase) -> EditOutcome:
+    def _pre_edit_logits(self, case: EditCase) -> Tensor:
+        """Next-token logits of the unedited model on the case's locality probes."""
+        with self.timings.measure("specificity"), self._audio_cache():
+            return pre_edit_logits(
+                self.lalm, locality_probes(case), batch_size=self.settings.batch_size
+            )
+
+    def _apply(self, case: EditCase) -> tuple[EditOutcome, dict[str, float]]:
+        """Apply the edit; its outcome and what the editor reported about it."""
         with self.timings.measure("edit"):
-            return self.editor.apply(self.lalm, case)
+            outcome = self.editor.apply(self.lalm, case)
+        return outcome, editor_extras(self.editor)
 
     def _ask(self, probes: Sequence[Probe]) -> list[str]:
         context = self.editor.context()
@@ -387,6 +430,27 @@ class EditRunner:
                 probes,
                 batch_size=self.settings.batch_size,
                 max_new_tokens=self.settings.max_new_tokens,
+                system=context.system,
+                history=context.history,
+            )
+
+    def _specificity(
+        self, case: EditCase, pre_logits: Tensor, post_outputs: Sequence[str]
+    ) -> list[Scores]:
+        """Scores of the case's locality probes on the edited model, queried in its context."""
+        local_outputs = [
+            output
+            for probe, output in zip(case.probes(), post_outputs, strict=True)
+            if probe.kind.value in LOCALITY_KINDS
+        ]
+        context = self.editor.context()
+        with self.timings.measure("specificity"), self._audio_cache():
+            return specificity_scores(
+                self.lalm,
+                case,
+                pre_logits,
+                local_outputs,
+                batch_size=self.settings.batch_size,
                 system=context.system,
                 history=context.history,
             )
@@ -403,15 +467,19 @@ class EditRunner:
         case: EditCase,
         pre_outputs: Sequence[str],
         post_outputs: Sequence[str],
+        specificity: Sequence[Scores],
     ) -> None:
         with self.timings.measure("judge"):
-            probes = judge_probes(list(case.probes()), pre_outputs, post_outputs, self.judge)
+            judged = judge_probes(list(case.probes()), pre_outputs, post_outputs, self.judge)
+            probes = with_specificity(judged, specificity)
         record = {**fields, "probes": probes}
         with self.timings.measure("write"):
             self.writer.append(record)
         self._records[record_key(record)] = record
 
-    def _case_fields(self, case: EditCase, outcome: EditOutcome) -> dict[str, Any]:
+    def _case_fields(
+        self, case: EditCase, outcome: EditOutcome, extras: Mapping[str, float]
+    ) -> dict[str, Any]:
         return {
             **self.identity,
             "case_id": case.case_id,
@@ -422,6 +490,7 @@ class EditRunner:
                 "steps": outcome.steps,
                 "final_loss": outcome.final_loss,
                 "seconds": outcome.seconds,
+                "extras": dict(extras),
             },
         }
 
@@ -441,6 +510,15 @@ class EditRunner:
                 f"{self.identity}. Resume with the same method and model, or use a new run "
                 "directory"
             )
+
+
+def editor_extras(editor: Editor) -> dict[str, float]:
+    """What the editor reported about its last edit (its `extras`; none when it has none).
+
+    MEMIT reports its regularizer per layer there, WISE its activation distances, UnKE its
+    losses; read right after each edit, since the next one replaces them.
+    """
+    return {key: float(value) for key, value in getattr(editor, "extras", {}).items()}
 
 
 def _merged(first: WeightSnapshot | None, later: WeightSnapshot | None) -> WeightSnapshot | None:

@@ -28,6 +28,17 @@ Sequential editing: `sequential/<metric>/gap<g>` is the mean, over every edit ev
 steps after it was applied, of that edit's score (the mean of its probes of that metric),
 pooled over edits and sequences; `sequential/locality_audio/gt_post/gap<g>` and the text
 equivalent give ground-truth accuracy after the edits at each gap.
+
+Specificity (`sake.evaluation.specificity`), where the records carry it: every locality probe's
+`specificity` scores are aggregated like the scores above, per group `locality` (audio and text
+pooled), `locality_audio`, `locality_audio/type<k>` and `locality_text`:
+    single/<group>/<m>, single/<Attribute>/<group>/<m>, sequential/<group>/<m>/gap<g>
+with m one of `SPECIFICITY_METRICS`: `kl` in nats, `top1`/`top5`/`top10` in percent, `s_acc`,
+`t_acc`, `c_acc` as fractions (`c_acc` only over the probes it applies to).
+
+What editors report about each edit (`record["edit"]["extras"]`, e.g. MEMIT's regularizer
+per layer `regularizer/layer<i>` and `regularizer/mean`) becomes `single/edit/<key>`, the mean
+over edits, and `sequential/edit/<key>`, the mean over the distinct edits of the sequences.
 """
 
 from __future__ import annotations
@@ -54,6 +65,16 @@ LOCALITY_KINDS: frozenset[str] = frozenset(
     {ProbeKind.LOCALITY_AUDIO.value, ProbeKind.LOCALITY_TEXT.value}
 )
 GAPS: tuple[int, ...] = (0, 1, 2, 3, 4, 5)
+TOP_K: tuple[int, ...] = (1, 5, 10)
+SPECIFICITY_METRICS: tuple[str, ...] = (
+    "kl",
+    *(f"top{k}" for k in TOP_K),
+    "s_acc",
+    "t_acc",
+    "c_acc",
+)
+POOLED_LOCALITY = "locality"
+EDIT_GROUP = "edit"
 
 Record = Mapping[str, Any]
 
@@ -143,25 +164,62 @@ def _probe_groups(judged: Mapping[str, Any]) -> Iterable[tuple[str, float]]:
             yield f"{key}/gt_post", float(judged["post_correct"])
 
 
-def single_metrics(records: Iterable[Record]) -> dict[str, float]:
-    """`single/...` metrics from single-editing records (see the module docstring)."""
+def specificity_values(judged: Mapping[str, Any]) -> Iterable[tuple[str, float]]:
+    """(key, value) pairs of one judged probe's specificity: pooled, per kind, per type."""
+    scores = judged.get("specificity")
+    if not scores:
+        return
+    kind = judged["kind"]
+    groups = [POOLED_LOCALITY, kind]
+    if judged["type"] is not None:
+        groups.append(f"{kind}/type{judged['type']}")
+    for metric in SPECIFICITY_METRICS:
+        value = scores.get(metric)
+        if value is None:
+            continue
+        for group in groups:
+            yield f"{group}/{metric}", float(value)
+
+
+def _all_values(judged: Mapping[str, Any]) -> Iterable[tuple[str, float]]:
+    yield from _probe_groups(judged)
+    yield from specificity_values(judged)
+
+
+ProbeValues = Callable[[Mapping[str, Any]], Iterable[tuple[str, float]]]
+
+
+def attribute_means(records: Iterable[Record], values: ProbeValues) -> dict[str, float]:
+    """`single/<key>` (unweighted mean over attributes) and `single/<Attribute>/<key>`.
+
+    Per attribute, a key's value is the mean over the probes that yield it under `values`.
+    """
     groups: dict[str, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
     for record in records:
         for judged in record["probes"]:
-            for key, value in _probe_groups(judged):
+            for key, value in values(judged):
                 groups[record["attribute"]][key].append(value)
     per_attribute = {
-        attribute: {key: float(np.mean(values)) for key, values in keys.items()}
+        attribute: {key: float(np.mean(found)) for key, found in keys.items()}
         for attribute, keys in groups.items()
     }
     metrics: dict[str, float] = {}
-    for key in sorted({key for values in per_attribute.values() for key in values}):
-        present = [values[key] for values in per_attribute.values() if key in values]
+    for key in sorted({key for found in per_attribute.values() for key in found}):
+        present = [found[key] for found in per_attribute.values() if key in found]
         metrics[f"single/{key}"] = float(np.mean(present))
     for attribute in sorted(per_attribute):
         for key, value in sorted(per_attribute[attribute].items()):
             metrics[f"single/{attribute}/{key}"] = value
     return metrics
+
+
+def single_metrics(records: Iterable[Record]) -> dict[str, float]:
+    """`single/...` metrics from single-editing records (see the module docstring)."""
+    records = list(records)
+    return {
+        **attribute_means(records, _all_values),
+        **_edit_means(records, "single"),
+    }
 
 
 def case_scores(record: Record) -> dict[str, float]:
@@ -174,17 +232,66 @@ def case_scores(record: Record) -> dict[str, float]:
     return {key: float(np.mean(scores)) for key, scores in values.items()}
 
 
-def sequential_metrics(records: Iterable[Record], gaps: Sequence[int] = GAPS) -> dict[str, float]:
-    """`sequential/<metric>/gap<g>` from sequential-editing records."""
+def case_specificity(record: Record) -> dict[str, float]:
+    """Per specificity key, the mean over one record's locality probes that have it."""
+    values: dict[str, list[float]] = defaultdict(list)
+    for judged in record["probes"]:
+        for key, value in specificity_values(judged):
+            values[key].append(value)
+    return {key: float(np.mean(found)) for key, found in values.items()}
+
+
+RecordValues = Callable[[Record], Mapping[str, float]]
+
+
+def gap_means(
+    records: Iterable[Record], values: RecordValues, gaps: Sequence[int] = GAPS
+) -> dict[str, float]:
+    """`sequential/<key>/gap<g>`: per key and gap, the mean over records of `values(record)`."""
     pooled: dict[tuple[str, int], list[float]] = defaultdict(list)
     for record in records:
         if record["gap"] not in gaps:
             continue
-        for key, value in case_scores(record).items():
+        for key, value in values(record).items():
             pooled[(key, record["gap"])].append(value)
     return {
-        f"sequential/{key}/gap{gap}": float(np.mean(values))
-        for (key, gap), values in sorted(pooled.items())
+        f"sequential/{key}/gap{gap}": float(np.mean(found))
+        for (key, gap), found in sorted(pooled.items())
+    }
+
+
+def sequential_metrics(records: Iterable[Record], gaps: Sequence[int] = GAPS) -> dict[str, float]:
+    """`sequential/<metric>/gap<g>` from sequential-editing records."""
+    records = list(records)
+    return {
+        **gap_means(records, _case_values, gaps),
+        **_edit_means(records, "sequential"),
+    }
+
+
+def _case_values(record: Record) -> dict[str, float]:
+    return {**case_scores(record), **case_specificity(record)}
+
+
+def _edit_means(records: Sequence[Record], protocol: str) -> dict[str, float]:
+    """`<protocol>/edit/<key>`: each reported edit quantity's mean over the distinct edits.
+
+    A sequential edit is evaluated at several steps but applied once, so the records of one
+    (sequence, edit) count once.
+    """
+    values: dict[str, list[float]] = defaultdict(list)
+    seen: set[tuple[Any, ...]] = set()
+    for record in records:
+        edit = (record.get("sequence"), record.get("edit_index"), record.get("case_id"))
+        if edit in seen:
+            continue
+        seen.add(edit)
+        for key, value in ((record.get("edit") or {}).get("extras") or {}).items():
+            if value is not None:
+                values[key].append(float(value))
+    return {
+        f"{protocol}/{EDIT_GROUP}/{key}": float(np.mean(found))
+        for key, found in sorted(values.items())
     }
 
 

@@ -4,6 +4,13 @@ Each record is written as one line and flushed and fsynced before `append` retur
 killed at any moment leaves every finished record intact and at most one torn line at the end.
 Resuming drops that torn tail and appends after the last complete record; nothing already
 written is ever rewritten.
+
+A record (written by `sake.runner`) holds the run's identity (`method`, `model`,
+`fingerprint`), the protocol and position (`case_id`; sequential: `sequence`, `step`,
+`edit_index`, `gap`), the edit (`attribute`, `y_o`, `y_e`), what the edit cost and reported
+(`edit`: `steps`, `final_loss`, `seconds`, `extras` such as MEMIT's `regularizer/layer<i>`)
+and one entry per probe (`probes`: inputs, pre- and post-edit outputs, choices, verdicts, and
+on locality probes the `specificity` scores of `sake.evaluation.specificity`).
 """
 
 from __future__ import annotations

@@ -16,37 +16,36 @@ GT-based, beside them:
   gives the true answer a higher log-probability than y_e. None where it does not apply.
 
 The runner computes `pre_edit_logits` for a case's `locality_probes` before the edit (in
-sequential editing, before the sequence's first edit) and `specificity_scores` after it, both
-with the same batch size so that an unchanged model gives exactly KL 0 and 100% overlap;
-each score dict goes into the judged probe's record as `probe["specificity"]`.
-`specificity_metrics` aggregates records the way `sake.evaluation.metrics` does.
+sequential editing, before the sequence's first edit, so that every step is compared with the
+original model) and `specificity_scores` after it, both over the same batches, so that an
+unchanged model gives exactly KL 0 and 100% overlap; `with_specificity` puts each score dict
+into the judged probe's record as `probe["specificity"]`. `sake.evaluation.metrics`
+aggregates them into `metrics.json`; `specificity_metrics` gives those keys alone.
 """
 
 from __future__ import annotations
 
 import re
 import string
-from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
 import torch
 from torch import Tensor
 
 from sake.data.schema import EditCase, Probe
-from sake.evaluation.metrics import GAPS, LOCALITY_KINDS
+from sake.evaluation.metrics import (
+    LOCALITY_KINDS,
+    TOP_K,
+    attribute_means,
+    case_specificity,
+    gap_means,
+    specificity_values,
+)
+from sake.evaluation.metrics import SPECIFICITY_METRICS as SPECIFICITY_METRICS
 from sake.models.base import LALM, Turn
 
-TOP_K: tuple[int, ...] = (1, 5, 10)
-SPECIFICITY_METRICS: tuple[str, ...] = (
-    "kl",
-    *(f"top{k}" for k in TOP_K),
-    "s_acc",
-    "t_acc",
-    "c_acc",
-)
-POOLED = "locality"
 _ARTICLES = re.compile(r"\b(a|an|the)\b")
 _PUNCTUATION = str.maketrans("", "", string.punctuation)
 
@@ -59,8 +58,51 @@ def locality_probes(case: EditCase) -> list[Probe]:
     return [probe for probe in case.probes() if probe.kind.value in LOCALITY_KINDS]
 
 
+@dataclass(frozen=True)
+class ForcedAnswers:
+    """What one teacher-forced pass over probes and their answers gives, per probe.
+
+    `first`: (probes, vocab) float32 logits predicting the answer's first token, i.e. the
+    next-token distribution at the answer position; `token_accuracy`: the share of the
+    answer's tokens that are the argmax given the ones before; `log_prob`: the answer's total
+    log-probability.
+    """
+
+    first: Tensor
+    token_accuracy: list[float]
+    log_prob: list[float]
+
+
+def force_answers(
+    lalm: LALM,
+    probes: Sequence[Probe],
+    answers: Sequence[str],
+    *,
+    batch_size: int = 32,
+    system: str | None = None,
+    history: Sequence[Turn] = (),
+) -> ForcedAnswers:
+    """Teacher-force `answers` on `probes` in fixed chunks of `batch_size`, on the CPU."""
+    firsts: list[Tensor] = []
+    accuracies: list[float] = []
+    log_probs: list[float] = []
+    for start in range(0, len(probes), batch_size):
+        batch = lalm.prepare(probes[start : start + batch_size], system=system, history=history)
+        targets = list(answers[start : start + batch_size])
+        with torch.no_grad():
+            logits = lalm.answer_logits(batch, targets)
+        for row, ids in zip(logits, lalm.target_token_ids(batch, targets), strict=True):
+            row, expected = row.float().cpu(), torch.tensor(ids)
+            firsts.append(row[0])
+            accuracies.append(float((row.argmax(dim=-1) == expected).float().mean()))
+            chosen = row.log_softmax(dim=-1).gather(1, expected[:, None])
+            log_probs.append(float(chosen.sum()))
+    first = torch.stack(firsts) if firsts else torch.zeros(0, 0)
+    return ForcedAnswers(first, accuracies, log_probs)
+
+
 def pre_edit_logits(lalm: LALM, probes: Sequence[Probe], *, batch_size: int = 32) -> Tensor:
-    """(probes, vocab) float32 next-token logits of the unedited model, on the CPU."""
+    """(probes, vocab) float32 next-token logits at the answer position, unedited model."""
     return answer_position_logits(lalm, probes, batch_size=batch_size)
 
 
@@ -72,14 +114,15 @@ def answer_position_logits(
     system: str | None = None,
     history: Sequence[Turn] = (),
 ) -> Tensor:
-    """(probes, vocab) float32 logits of the first answer token, in fixed-size chunks."""
-    if not probes:
-        return torch.zeros(0, 0)
-    chunks = []
-    for start in range(0, len(probes), batch_size):
-        batch = lalm.prepare(probes[start : start + batch_size], system=system, history=history)
-        chunks.append(lalm.next_token_logits(batch).float().cpu())
-    return torch.cat(chunks)
+    """(probes, vocab) float32 logits of the first answer token, in fixed-size chunks.
+
+    Read from the teacher-forced pass that `specificity_scores` makes anyway, so that the
+    pre- and post-edit sides run the very same computation.
+    """
+    answers = [probe.answer for probe in probes]
+    return force_answers(
+        lalm, probes, answers, batch_size=batch_size, system=system, history=history
+    ).first
 
 
 def kl_divergence(pre_logits: Tensor, post_logits: Tensor) -> Tensor:
@@ -116,17 +159,10 @@ def token_accuracy(
     history: Sequence[Turn] = (),
 ) -> list[float]:
     """Per probe, the share of its answer's tokens that are the teacher-forced argmax."""
-    if not probes:
-        return []
-    batch = lalm.prepare(probes, system=system, history=history)
     answers = [probe.answer for probe in probes]
-    with torch.no_grad():
-        logits = lalm.answer_logits(batch, answers)
-    expected = lalm.target_token_ids(batch, answers)
-    return [
-        float((row.argmax(dim=-1).cpu() == torch.tensor(ids)).float().mean())
-        for row, ids in zip(logits, expected, strict=True)
-    ]
+    return force_answers(
+        lalm, probes, answers, batch_size=max(1, len(probes)), system=system, history=history
+    ).token_accuracy
 
 
 def answer_log_probs(
@@ -138,13 +174,9 @@ def answer_log_probs(
     history: Sequence[Turn] = (),
 ) -> list[float]:
     """Per probe, the total teacher-forced log-probability of the given answer."""
-    if not probes:
-        return []
-    batch = lalm.prepare(probes, system=system, history=history)
-    with torch.no_grad():
-        mean_nll = lalm.target_nll(batch, answers)
-    lengths = [len(ids) for ids in lalm.target_token_ids(batch, answers)]
-    return [-float(nll) * n for nll, n in zip(mean_nll, lengths, strict=True)]
+    return force_answers(
+        lalm, probes, answers, batch_size=max(1, len(probes)), system=system, history=history
+    ).log_prob
 
 
 def rival_option(probe: Probe, target: str) -> str | None:
@@ -169,7 +201,9 @@ def specificity_scores(
 
     `pre_logits` come from `pre_edit_logits(lalm, locality_probes(case))` on the unedited
     model, `post_outputs` are the post-edit greedy outputs of the same probes, and `system` /
-    `history` the editor's query context.
+    `history` the editor's query context. One teacher-forced pass on the true answers gives
+    the post-edit distribution, T-acc and C-acc's true side; a second, over the probes C-acc
+    applies to, scores the edit target.
     """
     probes = locality_probes(case)
     if len(post_outputs) != len(probes) or len(pre_logits) != len(probes):
@@ -179,19 +213,19 @@ def specificity_scores(
         )
     if not probes:
         return []
-    post = answer_position_logits(
-        lalm, probes, batch_size=batch_size, system=system, history=history
+    context = {"system": system, "history": history}
+    forced = force_answers(
+        lalm, probes, [p.answer for p in probes], batch_size=batch_size, **context
     )
-    kl = kl_divergence(pre_logits, post).clamp_min(0)
-    overlaps = {k: topk_overlap(pre_logits, post, k) for k in TOP_K}
-    t_acc = token_accuracy(lalm, probes, system=system, history=history)
-    c_acc = _contrast(lalm, probes, case.y_e, system=system, history=history)
+    kl = kl_divergence(pre_logits, forced.first).clamp_min(0)
+    overlaps = {k: topk_overlap(pre_logits, forced.first, k) for k in TOP_K}
+    c_acc = _contrast(lalm, probes, case.y_e, forced.log_prob, batch_size, context)
     return [
         {
             "kl": float(kl[i]),
             **{f"top{k}": float(overlaps[k][i]) for k in TOP_K},
             "s_acc": float(exact_match(post_outputs[i], probe.answer)),
-            "t_acc": t_acc[i],
+            "t_acc": forced.token_accuracy[i],
             "c_acc": c_acc[i],
         }
         for i, probe in enumerate(probes)
@@ -202,94 +236,67 @@ def _contrast(
     lalm: LALM,
     probes: Sequence[Probe],
     target: str,
-    *,
-    system: str | None,
-    history: Sequence[Turn],
+    true_log_probs: Sequence[float],
+    batch_size: int,
+    context: Mapping[str, Any],
 ) -> list[float | None]:
+    """1.0 where the true answer is likelier than the edit target, 0.0 where not, else None."""
     rivals = [rival_option(probe, target) for probe in probes]
     chosen = [i for i, rival in enumerate(rivals) if rival is not None]
-    if not chosen:
-        return [None] * len(probes)
-    subset = [probes[i] for i in chosen]
-    true = answer_log_probs(
-        lalm, subset, [p.answer for p in subset], system=system, history=history
-    )
-    rival = answer_log_probs(
-        lalm, subset, [rivals[i] for i in chosen], system=system, history=history
-    )
     wins: list[float | None] = [None] * len(probes)
-    for i, t, r in zip(chosen, true, rival, strict=True):
-        wins[i] = float(t > r)
+    if not chosen:
+        return wins
+    rival = force_answers(
+        lalm,
+        [probes[i] for i in chosen],
+        [rivals[i] for i in chosen],
+        batch_size=batch_size,
+        **context,
+    ).log_prob
+    for i, r in zip(chosen, rival, strict=True):
+        wins[i] = float(true_log_probs[i] > r)
     return wins
+
+
+# --------------------------------------------------------------------------- records
+
+
+def with_specificity(
+    judged: Sequence[dict[str, Any]], scores: Sequence[Scores]
+) -> list[dict[str, Any]]:
+    """The judged probes of a case with each locality probe's scores as `specificity`.
+
+    `scores` are `specificity_scores` of the same case, one per locality probe in order.
+    """
+    local = [i for i, entry in enumerate(judged) if entry["kind"] in LOCALITY_KINDS]
+    if len(local) != len(scores):
+        raise ValueError(
+            f"{len(local)} judged locality probes but {len(scores)} specificity scores; "
+            "score the case's locality_probes() in order"
+        )
+    found = dict(zip(local, scores, strict=True))
+    return [
+        {**entry, "specificity": found[i]} if i in found else dict(entry)
+        for i, entry in enumerate(judged)
+    ]
 
 
 # --------------------------------------------------------------------------- aggregation
 
 
-def _probe_values(judged: Mapping[str, Any]) -> Iterable[tuple[str, float]]:
-    """(key, value) pairs of one judged probe: per kind, per type, and pooled over locality."""
-    scores = judged.get("specificity")
-    if not scores:
-        return
-    kind = judged["kind"]
-    groups = [POOLED, kind] + ([] if judged["type"] is None else [f"{kind}/type{judged['type']}"])
-    for metric in SPECIFICITY_METRICS:
-        value = scores.get(metric)
-        if value is None:
-            continue
-        for group in groups:
-            yield f"{group}/{metric}", float(value)
-
-
 def specificity_metrics(records: Iterable[Record]) -> dict[str, float]:
-    """Specificity metrics of single or sequential records.
+    """Specificity metrics of single or sequential records, alone.
 
     Single: `single/<group>/<metric>` and `single/<Attribute>/<group>/<metric>`, where group is
     `locality` (all locality probes), `locality_audio`, `locality_audio/type<k>` or
     `locality_text`; per attribute the mean over probes, overall the unweighted mean over the
-    attributes that have the key (as `single_metrics` does). Sequential:
-    `sequential/<group>/<metric>/gap<g>`, the mean over evaluated edits of each edit's mean.
+    attributes that have the key. Sequential: `sequential/<group>/<metric>/gap<g>`, the mean
+    over evaluated edits of each edit's mean. `single_metrics` and `sequential_metrics` include
+    the same keys.
     """
     records = list(records)
     if not records:
         return {}
     if records[0]["protocol"] == "single":
-        return _single(records)
-    return _sequential(records)
-
-
-def _single(records: Sequence[Record]) -> dict[str, float]:
-    groups: dict[str, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
-    for record in records:
-        for judged in record["probes"]:
-            for key, value in _probe_values(judged):
-                groups[record["attribute"]][key].append(value)
-    per_attribute = {
-        attribute: {key: float(np.mean(values)) for key, values in keys.items()}
-        for attribute, keys in groups.items()
-    }
-    metrics: dict[str, float] = {}
-    for key in sorted({key for values in per_attribute.values() for key in values}):
-        present = [values[key] for values in per_attribute.values() if key in values]
-        metrics[f"single/{key}"] = float(np.mean(present))
-    for attribute in sorted(per_attribute):
-        for key, value in sorted(per_attribute[attribute].items()):
-            metrics[f"single/{attribute}/{key}"] = value
-    return metrics
-
-
-def _sequential(records: Sequence[Record], gaps: Sequence[int] = GAPS) -> dict[str, float]:
-    pooled: dict[tuple[str, int], list[float]] = defaultdict(list)
-    for record in records:
-        if record["gap"] not in gaps:
-            continue
-        per_case: dict[str, list[float]] = defaultdict(list)
-        for judged in record["probes"]:
-            for key, value in _probe_values(judged):
-                per_case[key].append(value)
-        for key, values in per_case.items():
-            pooled[(key, record["gap"])].append(float(np.mean(values)))
-    return {
-        f"sequential/{key}/gap{gap}": float(np.mean(values))
-        for (key, gap), values in sorted(pooled.items())
-    }
+        return attribute_means(records, specificity_values)
+    return gap_means(records, case_specificity)
