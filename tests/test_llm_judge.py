@@ -482,14 +482,14 @@ def test_local_judge_leaves_unreadable_replies_undecided(tiny_chat_model: Path):
 
 
 def test_judge_configs_instantiate(compose_cfg, monkeypatch: pytest.MonkeyPatch):
-    option = instantiate(compose_cfg("evaluate", ["+judge=option"]).judge)
+    option = instantiate(compose_cfg("evaluate", ["judge=option"]).judge)
     assert isinstance(option, OptionJudge) and option.name == "option"
     monkeypatch.setenv("OPENAI_API_KEY", "k")
-    http = instantiate(compose_cfg("evaluate", ["+judge=llm_http"]).judge)
+    http = instantiate(compose_cfg("evaluate", ["judge=llm_http"]).judge)
     assert isinstance(http, LLMJudge) and isinstance(http.backend, HTTPChatBackend)
     assert http.backend.url == "https://api.openai.com/v1/chat/completions"
     assert http.backend.cache is not None and http.backend.extra_body == {}
-    local = instantiate(compose_cfg("evaluate", ["+judge=llm_local"]).judge)
+    local = instantiate(compose_cfg("evaluate", ["judge=llm_local"]).judge)
     assert isinstance(local.backend, TransformersBackend)
     assert local.backend.settings["dtype"] == "bfloat16"
     assert "_components" not in vars(local.backend)  # the model loads on first use only

@@ -33,6 +33,7 @@ from sake.evaluation.metrics import (
     summary_table,
 )
 from sake.evaluation.records import RECORDS_FILE, Record, RecordWriter
+from sake.evaluation.report import portability_categories, publish_run_report
 from sake.methods.base import Editor, build_editor
 from sake.models.base import LALM
 from sake.runner import EditRunner, EvalSettings, PreEditCache
@@ -41,7 +42,6 @@ from sake.utils.run import RunContext
 
 log = logging.getLogger(__name__)
 
-JUDGES: tuple[str, ...] = ("option",)
 TIMING_FILE = "timing.json"
 SCORE_COLUMNS: tuple[str, ...] = (
     "reliability",
@@ -69,6 +69,8 @@ def edit_task(cfg: DictConfig, run: RunContext) -> dict[str, float]:
         tracker.log_summary(metrics)
         columns, rows = records_table(records)
         tracker.log_table("records", columns, rows)
+        categories = portability_categories(dataset.release.all_cases())
+        publish_run_report(run.output_dir, records, tracker, categories)
     finally:
         tracker.finish()
     print(format_summary(settings.protocol, metrics))
@@ -95,7 +97,7 @@ def run_protocol(
         writer=writer,
         model_name=str(cfg.model.name),
         audio_root=getattr(dataset, "audio_root", None),
-        judge=OptionJudge(),
+        judge=instantiate(cfg.judge) if cfg.get("judge") else OptionJudge(),
     )
     with runner.timings.measure("total"):
         if settings.protocol == "single":
@@ -113,9 +115,6 @@ def run_protocol(
 
 
 def eval_settings(config: Mapping[str, Any]) -> EvalSettings:
-    judge = str(config.get("judge", "option"))
-    if judge not in JUDGES:
-        raise ValueError(f"unknown judge {judge!r}; set eval.judge to one of {', '.join(JUDGES)}")
     sequential = config.get("sequential") or {}
     return EvalSettings(
         protocol=str(config.protocol),

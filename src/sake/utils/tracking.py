@@ -28,6 +28,9 @@ class NullTracker:
     def log_image(self, key: str, path: Path) -> None:
         return None
 
+    def log_file(self, path: Path) -> None:
+        return None
+
     def finish(self) -> None:
         return None
 
@@ -84,6 +87,12 @@ class WandbTracker(NullTracker):
             import wandb
 
             self._run.log({key: wandb.Image(str(path))})
+
+    def log_file(self, path: Path) -> None:
+        """Keep a file (a report) with the run; an offline run copies it into its files."""
+        if self._run is not None:
+            path = Path(path).resolve()
+            self._run.save(str(path), base_path=str(path.parent), policy="now")
 
     def finish(self) -> None:
         if self._run is not None:
