@@ -389,6 +389,15 @@ def test_fingerprint_tracks_every_weight(tokenizer: PreTrainedTokenizerFast) -> 
     assert build_small(tokenizer, seed=4).fingerprint() != original
 
 
+def test_fingerprint_ignores_the_padding_state_of_the_last_batch(
+    tokenizer: PreTrainedTokenizerFast, mixed_probes: list[Probe]
+) -> None:
+    lalm = build_small(tokenizer, seed=3)
+    fresh = lalm.fingerprint()
+    lalm.prepare(mixed_probes)  # a padded batch leaves padding state in the tokenizer
+    assert lalm.fingerprint() == fresh
+
+
 # --------------------------------------------------------------------------- loading
 
 

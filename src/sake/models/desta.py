@@ -63,6 +63,7 @@ from sake.models.tokenizer import (
     PAD,
     load_tokenizer,
     special_token_ids,
+    tokenizer_identity,
 )
 
 BUILD_COMMAND = "python train.py experiment=desta_tiny"
@@ -369,8 +370,7 @@ class DestaLALM:
         for name, tensor in sorted(self._model.state_dict().items()):
             digest.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}".encode())
             digest.update(tensor_bytes(tensor))
-        digest.update(self.tokenizer.backend_tokenizer.to_str().encode())
-        digest.update((self.tokenizer.chat_template or "").encode())
+        digest.update(tokenizer_identity(self.tokenizer).encode())
         return digest.hexdigest()[:16]
 
     # ---------------------------------------------------------------- internals: text

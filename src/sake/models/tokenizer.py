@@ -7,11 +7,12 @@ chat message becomes exactly one token per marker.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable
 from pathlib import Path
 
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
-from transformers import PreTrainedTokenizerFast
+from transformers import PreTrainedTokenizerBase, PreTrainedTokenizerFast
 
 PAD, BOS, EOS = "<|pad|>", "<|bos|>", "<|eos|>"
 IM_START, IM_END = "<|im_start|>", "<|im_end|>"
@@ -75,3 +76,15 @@ def special_token_ids(tokenizer: PreTrainedTokenizerFast) -> dict[str, int]:
             raise ValueError(f"tokenizer has no special token {token!r}")
         ids[token] = int(token_id)
     return ids
+
+
+def tokenizer_identity(tokenizer: PreTrainedTokenizerBase) -> str:
+    """The tokenizer's serialised vocabulary, rules and chat template, for fingerprints.
+
+    The serialisation also holds the padding and truncation state left by the latest call,
+    which would make the same tokenizer hash differently after a padded batch; it is dropped.
+    """
+    state = json.loads(tokenizer.backend_tokenizer.to_str())
+    state.pop("padding", None)
+    state.pop("truncation", None)
+    return json.dumps(state, sort_keys=True) + (tokenizer.chat_template or "")
