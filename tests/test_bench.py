@@ -1,0 +1,206 @@
+"""The throughput benchmark: the reference re-enactment, judgement comparison, report, CLI."""
+
+from __future__ import annotations
+
+import copy
+import json
+import shutil
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+from lalm_fixtures import edit_release, make_lalm, make_tokenizer, save_model_dir
+from sake.bench import ReferenceProtocol, Workload, compare_records, run_benchmark, summary_line
+from sake.bench.cli import main
+from sake.bench.report import report_lines
+from sake.data.readers import SakeRelease
+from sake.data.writers import write_release
+from sake.methods.ft import FineTuneConfig, FineTuneEditor
+from sake.methods.ike import InstructionConfig, InstructionEditor
+from sake.models.base import Batch
+from sake.models.desta import DestaLALM
+from sake.runner import EvalSettings
+
+torch.set_num_threads(1)
+
+SETTINGS = EvalSettings(max_new_tokens=3, batch_size=32)
+SUMMARY_FIELDS = {"ours_cases_per_s", "reference_cases_per_s", "speedup", "same_judgements"}
+
+
+@pytest.fixture(scope="module")
+def release(tmp_path_factory: pytest.TempPathFactory) -> SakeRelease:
+    return edit_release(tmp_path_factory.mktemp("release"))
+
+
+@pytest.fixture(scope="module")
+def lalm(release: SakeRelease) -> DestaLALM:
+    return make_lalm(make_tokenizer(release))
+
+
+def editors() -> list[Any]:
+    return [
+        FineTuneEditor(FineTuneConfig(name="ft_audio", role="connector", lr=5e-2, max_steps=3)),
+        FineTuneEditor(
+            FineTuneConfig(name="ft_llm", role="llm.layer[-1].mlp", lr=1e-2, max_steps=3)
+        ),
+        InstructionEditor(InstructionConfig("i_ike")),
+    ]
+
+
+def workload(release: SakeRelease) -> Workload:
+    return Workload(cases=tuple(release.splits["test"][:2]), sequences=(release.sequences[0],))
+
+
+class CountingLALM:
+    """Passes everything to the model and remembers the batch size of every generate call."""
+
+    def __init__(self, inner: DestaLALM) -> None:
+        self.inner = inner
+        self.generated_batches: list[int] = []
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+    def generate(self, batch: Batch, max_new_tokens: int) -> list[str]:
+        self.generated_batches.append(len(batch))
+        return self.inner.generate(batch, max_new_tokens)
+
+
+def test_benchmark_judges_both_protocols_alike_and_ends_with_a_json_summary(
+    lalm: DestaLALM, release: SakeRelease, tmp_path: Path
+) -> None:
+    chosen = editors()
+    for editor in chosen:
+        editor.prepare(lalm, release.splits["train"])
+    before = copy.deepcopy(lalm.model.state_dict())
+    benchmark = run_benchmark(
+        lalm,
+        chosen,
+        workload(release),
+        SETTINGS,
+        protocols=("single", "sequential"),
+        model_name="tiny",
+        work_dir=tmp_path,
+        audio_root=release.audio_root,
+    )
+    summary = json.loads(summary_line(benchmark))
+    assert list(summary) == [
+        f"{method}/{protocol}"
+        for method in ("ft_audio", "ft_llm", "i_ike")
+        for protocol in ("single", "sequential")
+    ]
+    for key, entry in summary.items():
+        assert set(entry) == SUMMARY_FIELDS, key
+        assert entry["same_judgements"] is True, report_lines(benchmark)
+        assert entry["ours_cases_per_s"] > 0 and entry["reference_cases_per_s"] > 0
+        assert entry["speedup"] == pytest.approx(
+            entry["ours_cases_per_s"] / entry["reference_cases_per_s"], rel=0.02
+        )
+    results = {result.key: result for result in benchmark.results}
+    assert results["ft_audio/single"].ours.phases["edit"] > 0
+    assert len(results["ft_llm/sequential"].reference.records) == 3  # (0,0), (1,0), (1,1)
+    assert all(torch.equal(p, before[n]) for n, p in lalm.model.state_dict().items())
+    assert benchmark.peak_rss_bytes >= benchmark.peak_rss_ours_bytes > 0
+    assert report_lines(benchmark)[-1].startswith("peak RSS: ")
+
+
+def test_warm_pre_edit_cache_serves_every_project_run(
+    lalm: DestaLALM, release: SakeRelease, tmp_path: Path
+) -> None:
+    editor = InstructionEditor(InstructionConfig("i_ike"))
+    benchmark = run_benchmark(
+        lalm,
+        [editor],
+        workload(release),
+        SETTINGS,
+        protocols=("single", "sequential"),
+        model_name="tiny",
+        work_dir=tmp_path,
+        warm_pre_edit=True,
+    )
+    assert benchmark.pre_edit_fill_seconds is not None
+    assert [result.ours.pre_edit_generated for result in benchmark.results] == [0, 0]
+    assert all(result.comparison.same_judgements for result in benchmark.results)
+
+
+def test_reference_generates_one_probe_at_a_time_and_regenerates_every_earlier_edit(
+    lalm: DestaLALM, release: SakeRelease
+) -> None:
+    counting = CountingLALM(lalm)
+    sequence = replace(release.sequences[1], cases=release.sequences[1].cases[:4])
+    probes_per_case = [len(list(case.probes())) for case in sequence.cases]
+    settings = replace(SETTINGS, max_edit=2, max_gap=1)
+    editor = InstructionEditor(InstructionConfig("i_ike"))
+    reference = ReferenceProtocol(counting, editor, settings=settings)
+    records = reference.run_sequential([sequence])
+    assert set(counting.generated_batches) == {1}
+    post_edit = sum(sum(probes_per_case[: step + 1]) for step in range(len(sequence)))
+    assert len(counting.generated_batches) == sum(probes_per_case) + post_edit
+    assert [(r["step"], r["edit_index"]) for r in records] == [(0, 0), (1, 0), (1, 1), (2, 1)]
+    assert reference.timings.seconds["copy"] > 0 and not editor.state.edits
+
+
+def test_compare_records_reports_each_probe_judged_differently() -> None:
+    probe = {
+        "name": "reliability",
+        "question": "Which animal?",
+        "pre_output": "dog",
+        "post_output": "cat",
+        "pre_choice": 0,
+        "post_choice": 1,
+        "pre_correct": True,
+        "post_correct": True,
+        "consistent": None,
+        "score": True,
+    }
+    ours = [{"protocol": "single", "case_id": "a", "probes": [probe]}]
+    flipped = {**probe, "post_output": "dog", "post_choice": 0, "post_correct": False}
+    reference = [{"protocol": "single", "case_id": "a", "probes": [{**flipped, "score": False}]}]
+    assert compare_records(ours, copy.deepcopy(ours)).same_judgements
+    comparison = compare_records(ours, reference)
+    assert not comparison.same_judgements and comparison.same_outputs == 0
+    assert "post_output: 'cat' vs 'dog'" in comparison.differences[0].describe()
+    extra = [*reference, {"protocol": "single", "case_id": "b", "probes": [probe]}]
+    assert compare_records(ours, extra).unmatched_records == (("single", "b"),)
+
+
+@pytest.fixture(scope="module")
+def on_disk(
+    release: SakeRelease, lalm: DestaLALM, tmp_path_factory: pytest.TempPathFactory
+) -> tuple[Path, Path]:
+    root = tmp_path_factory.mktemp("sake")
+    write_release(release.splits, release.sequences, root)
+    shutil.copytree(release.audio_root, root / "audio")
+    return root, save_model_dir(lalm, tmp_path_factory.mktemp("weights") / "desta_tiny")
+
+
+def test_command_line_prints_the_report_and_ends_with_the_json_line(
+    on_disk: tuple[Path, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    root, weights = on_disk
+    overrides = [
+        "dataset=sake",
+        f"dataset.root={root}",
+        f"model.weights_dir={weights}",
+        "eval.max_new_tokens=3",
+    ]
+    options = ["--methods", "i_ike", "--cases", "1", "--threads", "1", "--pre-edit", "warm"]
+    assert main([*options, *overrides]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    summary = json.loads(lines[-1])
+    assert set(summary) == {"i_ike/single", "i_ike/sequential"}
+    assert all(entry["same_judgements"] is True for entry in summary.values())
+    assert any(line.startswith("peak RSS: ") for line in lines)
+    assert any(line.startswith("pre-edit cache filled once") for line in lines)
+
+
+def test_command_line_rejects_unknown_methods_and_too_many_cases(on_disk) -> None:
+    with pytest.raises(SystemExit, match="choose from .*ft_audio"):
+        main(["--methods", "nonsense"])
+    root, weights = on_disk
+    overrides = ["dataset=sake", f"dataset.root={root}", f"model.weights_dir={weights}"]
+    with pytest.raises(SystemExit, match="--cases 99: the dataset has 4 cases"):
+        main(["--methods", "i_ike", "--cases", "99", *overrides])
