@@ -25,7 +25,10 @@ from sake.models.modeling_desta import (
     AUDIO_ENCODER_PREFIX,
     CONNECTOR_PREFIX,
     LLM_PREFIX,
+    MIN_SHARED_PREFIX,
     CheckpointMismatchError,
+    prefix_first_order,
+    shared_prefix_length,
 )
 from sake.models.tokenizer import IM_END, train_tokenizer
 
@@ -199,6 +202,29 @@ def test_batched_logits_and_generations_equal_each_probe_alone(
     assert any(answers)
 
 
+def test_a_long_shared_prefix_is_computed_once_with_the_same_results(
+    lalm: DestaLALM, mixed_probes: list[Probe]
+) -> None:
+    system = " ".join(["Answer briefly, with one of the options and nothing else."] * 4)
+    batch = lalm.prepare(mixed_probes, system=system)
+    shared = shared_prefix_length(batch.input_ids, batch.attention_mask, lalm.config.audio_token_id)
+    assert shared >= MIN_SHARED_PREFIX
+    singles = [lalm.prepare([p], system=system) for p in mixed_probes]
+    expected = torch.cat([lalm.next_token_logits(single) for single in singles])
+    torch.testing.assert_close(lalm.next_token_logits(batch), expected)
+    assert lalm.generate(batch, 8) == [lalm.generate(single, 8)[0] for single in singles]
+
+
+def test_shared_prefix_stops_at_audio_and_moves_before_the_padding() -> None:
+    audio = 9
+    input_ids = torch.tensor([[0, 0, 5, 6, 8, 7], [5, 6, 7, audio, 1, 2], [0, 5, 6, 7, audio, 4]])
+    mask = (input_ids != 0).long()
+    assert shared_prefix_length(input_ids, mask, audio) == 2  # 5, 6
+    assert shared_prefix_length(input_ids[1:], mask[1:], audio) == 3  # stops before audio
+    order = prefix_first_order(mask, shared=2)
+    assert order.tolist() == [[2, 3, 0, 1, 4, 5], [0, 1, 2, 3, 4, 5], [1, 2, 0, 3, 4, 5]]
+
+
 def test_generate_rejects_unbounded_lengths(lalm: DestaLALM, mixed_probes: list[Probe]) -> None:
     with pytest.raises(ValueError, match="max_new_tokens"):
         lalm.generate(lalm.prepare(mixed_probes), max_new_tokens=0)
@@ -360,6 +386,50 @@ def test_clear_caches_sees_changed_connector_weights(
         lalm.clear_caches()
         after = lalm.encode_audio(clips[:2])
     torch.testing.assert_close(after, before + 1.0)
+
+
+@pytest.fixture
+def encoder_calls(lalm: DestaLALM) -> Iterator[list[int]]:
+    calls: list[int] = []
+    encoder = lalm.modules.resolve("audio_encoder").module
+    handle = encoder.register_forward_hook(lambda module, args, out: calls.append(len(args[0])))
+    yield calls
+    handle.remove()
+
+
+def test_encoder_states_are_reused_while_the_connector_trains(
+    lalm: DestaLALM, clips: list[Path], encoder_calls: list[int], connector_calls: list[int]
+) -> None:
+    batch = lalm.prepare([audio_probe("Which animal?", "dog", clips[1])])
+    with torch.no_grad():
+        plain = lalm.target_nll(batch, ["dog"])
+    with lalm.cached_encoder_states():
+        lalm.encode_audio(clips[:2])
+        cached = lalm.target_nll(batch, ["dog"])
+        cached.sum().backward()
+    encoder, connector = lalm.model.perception.whisper, lalm.model.perception.connector
+    try:
+        assert encoder_calls == [1, 2]  # inside the context, once per clip
+        assert connector_calls == [1, 2, 1]  # the connector runs on every use
+        torch.testing.assert_close(cached.detach(), plain)
+        assert all(p.grad is None for p in encoder.parameters())
+        assert any(p.grad is not None and bool(p.grad.any()) for p in connector.parameters())
+    finally:
+        lalm.model.zero_grad(set_to_none=True)
+
+
+def test_clear_caches_sees_changed_encoder_weights(
+    tokenizer: PreTrainedTokenizerFast, clips: list[Path]
+) -> None:
+    lalm = build_small(tokenizer, seed=3)
+    layer = lalm.model.perception.whisper.encoder.layers[0].fc2
+    with lalm.cached_encoder_states():
+        before = lalm.encode_audio(clips[:1])
+        with torch.no_grad():
+            layer.bias.add_(1.0)
+        assert torch.equal(lalm.encode_audio(clips[:1]), before)
+        lalm.clear_caches()
+        assert not torch.allclose(lalm.encode_audio(clips[:1]), before)
 
 
 # --------------------------------------------------------------------------- roles and identity

@@ -23,7 +23,13 @@ from sake.methods.base import EditorState, EditOutcome, QueryContext
 from sake.methods.ft import FineTuneConfig, FineTuneEditor
 from sake.methods.ike import InstructionConfig, InstructionEditor
 from sake.models.desta import DestaLALM
-from sake.runner import EditRunner, EvalSettings, PreEditCache, sequential_schedule
+from sake.runner import (
+    EditRunner,
+    EvalSettings,
+    PreEditCache,
+    sequential_schedule,
+    touches_audio_encoder,
+)
 from sake.utils.run import run_task
 
 torch.set_num_threads(1)
@@ -203,7 +209,15 @@ def test_pre_edit_outputs_are_generated_once_per_model(
 def test_ft_audio_keeps_every_text_only_answer(
     make: Any, lalm: DestaLALM, release: SakeRelease, tmp_path: Path
 ) -> None:
-    records = make(ft_audio(), tmp_path, cache=None).run_single(release.splits["test"])
+    encoded: list[int] = []
+    encoder = lalm.modules.resolve("audio_encoder").module
+    hook = encoder.register_forward_hook(lambda module, args, out: encoded.append(len(args[0])))
+    try:
+        records = make(ft_audio(), tmp_path, cache=None).run_single(release.splits["test"])
+    finally:
+        hook.remove()
+    clips = {p.audio_path for c in release.splits["test"] for p in c.probes() if p.audio_path}
+    assert sum(encoded) == len(clips)  # the encoder is fixed: each clip is encoded once per run
     text = [p for r in records for p in r["probes"] if p["audio"] is None]
     assert text and all(p["post_output"] == p["pre_output"] and p["score"] for p in text)
     assert single_metrics(records)["single/locality_text"] == 1.0
@@ -348,6 +362,9 @@ def test_sequential_runner_evaluates_only_the_scheduled_pairs(
     assert {(r["step"], r["edit_index"]) for r in records} == expected_pairs(len(sequence))
     assert editor.calls == len(sequence) and editor.state.edits == []
     assert unchanged(lalm, before)
+    asked = {runner.pre_edit.key(p) for case in sequence.cases[:5] for p in case.probes()}
+    every = {runner.pre_edit.key(p) for case in sequence.cases for p in case.probes()}
+    assert runner.pre_edit.generated == len(asked) < len(every)  # only evaluated edits' probes
     original = runner.pre_edit.outputs(lalm, list(sequence.cases[0].probes()), batch_size=32)
     for record in records:
         assert record["gap"] == record["step"] - record["edit_index"]
@@ -432,6 +449,15 @@ def test_probe_without_options_names_the_case_and_probe(
         runner.run_single([release.splits["test"][0], broken])
     assert repr(case.case_id) in str(error.value) and "'portability'" in str(error.value)
     assert not (tmp_path / RECORDS_FILE).exists() or read_records(tmp_path / RECORDS_FILE) == []
+
+
+def test_only_editors_of_the_encoder_itself_forgo_its_cache() -> None:
+    assert not touches_audio_encoder(ft_llm())
+    assert not touches_audio_encoder(ft_audio())
+    encoder = FineTuneConfig(name="ft_encoder", role="audio_encoder", lr=1e-3)
+    assert touches_audio_encoder(FineTuneEditor(encoder))
+    assert touches_audio_encoder(Unchanging(touches_audio_path=True))  # no role: assume it does
+    assert not touches_audio_encoder(Unchanging(touches_audio_path=False))
 
 
 def test_unknown_protocol_names_the_choices() -> None:

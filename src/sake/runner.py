@@ -7,8 +7,9 @@ restore the touched weights.
 Sequential editing (SAKE §4.2): for every sequence, apply its edits in order without
 restoring; after edit i, evaluate every earlier edit j with j < `max_edit` and i - j <=
 `max_gap`, i.e. exactly the (edit, step) pairs the protocol reports, and nothing after the
-last step any of them needs. Locality is always judged against the original model's outputs.
-One record per (sequence, step, edit); the model is restored at the end of each sequence.
+last step any of them needs; pre-edit outputs are asked only of the edits that are evaluated.
+Locality is always judged against the original model's outputs. One record per (sequence,
+step, edit); the model is restored at the end of each sequence.
 
 Every record keeps what the editor reported about its edit (`record["edit"]["extras"]`, e.g.
 MEMIT's regularizer per layer) and, on each locality probe, the GT-free and GT-based
@@ -23,7 +24,8 @@ recompute; both sides run over the same batches, so an unchanged model scores ex
 Pre-edit outputs come from `PreEditCache`: generated once per model (by fingerprint) and
 probe, in large batches before any edit, kept on disk and shared by every method and run.
 Audio-encoder and connector outputs are cached for the whole run when the method cannot
-change them, and within one evaluation otherwise.
+change them, and within one evaluation otherwise; a method that edits only the connector
+(FT (Audio)) still has the encoder's states cached for the whole run, its edit included.
 
 Resuming: the runner skips every record the writer already holds (single: by case; a
 sequence with missing records is replayed from its first edit, since its model state is not
@@ -70,6 +72,7 @@ PRE_EDIT_DIR = "pre_edit"
 PRE_EDIT_FILE = "outputs.jsonl"
 PRE_EDIT_CHUNK_BATCHES = 8
 MAX_REPORTED_PROBLEMS = 5
+CONNECTOR_ROLE = "connector"
 
 
 @dataclass(frozen=True)
@@ -348,11 +351,9 @@ class EditRunner:
         applied: list[tuple[EditOutcome, dict[str, float]]] = []
         try:
             with self._run_scope():
-                pre_outputs = self._pre_edit_outputs(cases)
-                pre_logits = {
-                    j: self._pre_edit_logits(cases[j])
-                    for j in sorted({j for evaluated in schedule for j in evaluated})
-                }
+                reported = sorted({j for evaluated in schedule for j in evaluated})
+                pre_outputs = self._pre_edit_outputs([cases[j] for j in reported])
+                pre_logits = {j: self._pre_edit_logits(cases[j]) for j in reported}
                 for step, evaluated in enumerate(schedule):
                     outcome, extras = self._apply(cases[step])
                     applied.append((outcome, extras))
@@ -495,11 +496,23 @@ class EditRunner:
         }
 
     def _run_scope(self) -> AbstractContextManager[None]:
-        """Connector outputs cached across edits, unless the method can change them."""
-        return nullcontext() if self.editor.touches_audio_path else self._audio_cache()
+        """Audio work cached across edits as far as the method leaves it unchanged.
+
+        Connector outputs when the method touches neither encoder nor connector; otherwise the
+        encoder's states, unless the method may change the encoder itself.
+        """
+        if not self.editor.touches_audio_path:
+            return self._audio_cache()
+        if not touches_audio_encoder(self.editor):
+            return self._lalm_cache("cached_encoder_states")
+        return nullcontext()
 
     def _audio_cache(self) -> AbstractContextManager[None]:
-        cached = getattr(self.lalm, "cached_audio_embeddings", None)
+        return self._lalm_cache("cached_audio_embeddings")
+
+    def _lalm_cache(self, name: str) -> AbstractContextManager[None]:
+        """The model's cache context of that name, for models that keep one."""
+        cached = getattr(self.lalm, name, None)
         return nullcontext() if cached is None else cached()
 
     def _check_same_run(self, record: Mapping[str, Any]) -> None:
@@ -519,6 +532,21 @@ def editor_extras(editor: Editor) -> dict[str, float]:
     losses; read right after each edit, since the next one replaces them.
     """
     return {key: float(value) for key, value in getattr(editor, "extras", {}).items()}
+
+
+def touches_audio_encoder(editor: Editor) -> bool:
+    """Whether the editor may change the audio encoder itself, not only the connector.
+
+    An editor of the audio path that names no role (`editor.config.role`) is assumed to.
+    """
+    if not editor.touches_audio_path:
+        return False
+    role = getattr(getattr(editor, "config", None), "role", None)
+    return not isinstance(role, str) or not _under_role(role, CONNECTOR_ROLE)
+
+
+def _under_role(role: str, root: str) -> bool:
+    return role == root or role.startswith(f"{root}.")
 
 
 def _merged(first: WeightSnapshot | None, later: WeightSnapshot | None) -> WeightSnapshot | None:

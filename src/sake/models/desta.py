@@ -11,12 +11,21 @@ so the clips come first, back to back, and a single newline separates them from 
 DeSTA2.5-Audio's "<|AUDIO|>\\nquestion" messages. The model overwrites each placeholder run with
 that clip's connector outputs, in reading order (row by row, history clips before the probe's).
 
-Audio flows file -> log-mel features -> encoder + connector -> placeholders. Features do not
+Audio flows file -> log-mel features -> encoder -> connector -> placeholders. Features do not
 depend on any weight, so they are cached per file (bounded LRU) for the life of the object.
 Connector outputs do depend on weights, so they are cached only inside
 `with lalm.cached_audio_embeddings():`, a promise by the caller that the encoder and connector
-stay fixed meanwhile. For the same reason a `Batch` carries the paths of its clips, never their
-embeddings: a batch prepared before an edit of the connector is still right after it.
+stay fixed meanwhile; the encoder's tapped states, which depend on the encoder alone, are cached
+inside `with lalm.cached_encoder_states():`, a promise that the encoder stays fixed, so that
+editing the connector (training it, too) runs only the connector on each clip. For the same
+reason a `Batch` carries the paths of its clips, never their embeddings: a batch prepared before
+an edit of the connector is still right after it.
+
+Rows of a batch that share a long prefix (an in-context editor's system prompt) have its keys
+and values computed once (`DestaForCausalLM.generate` / `trailing_logits`), in generation and in
+teacher-forced scoring without gradients; the results equal the plain computation up to float
+rounding. The encoder-state cache holds the tapped layers per clip (for desta_tiny about 0.3 MB
+a clip, `encoder_cache_clips` of them at most).
 
 Inference runs under `torch.no_grad()` rather than `inference_mode()`: cached embeddings and
 returned logits are then ordinary tensors that later differentiable code (KL targets of
@@ -29,7 +38,7 @@ import hashlib
 import json
 from collections import OrderedDict
 from collections.abc import Callable, Hashable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, Generic, TypeVar
@@ -50,7 +59,7 @@ from sake.models.modeling_desta import (
     DestaForCausalLM,
     desta_tiny_config,
     load_checkpoint,
-    position_ids_from_attention_mask,
+    tapped_states_only,
 )
 from sake.models.roles import ModuleMap
 from sake.models.tokenizer import (
@@ -70,6 +79,7 @@ BUILD_COMMAND = "python train.py experiment=desta_tiny"
 TOKENIZER_DIR = "tokenizer"
 CONFIG_FILE = "config.json"
 DEFAULT_AUDIO_CACHE_CLIPS = 2048
+DEFAULT_ENCODER_CACHE_CLIPS = 256
 AUDIO_CHUNK = 64
 IGNORE_INDEX = -100
 
@@ -105,6 +115,34 @@ class LRUCache(Generic[K, V]):
 
     def __len__(self) -> int:
         return len(self._entries)
+
+
+class ScopedCache(LRUCache[K, V]):
+    """An LRU cache in use only inside `scope()`; it starts empty and is emptied on leaving.
+
+    Entering the scope is the caller's promise that whatever the entries depend on stays
+    fixed meanwhile; scopes nest, and only the outermost one empties the cache.
+    """
+
+    def __init__(self, capacity: int) -> None:
+        super().__init__(capacity)
+        self._depth = 0
+
+    @property
+    def active(self) -> bool:
+        return self._depth > 0
+
+    @contextmanager
+    def scope(self) -> Iterator[None]:
+        if self._depth == 0:
+            self.clear()
+        self._depth += 1
+        try:
+            yield
+        finally:
+            self._depth -= 1
+            if self._depth == 0:
+                self.clear()
 
 
 def probe_audio(probe: Probe) -> tuple[Path, ...]:
@@ -162,6 +200,7 @@ class DestaLALM:
         transcriber: Transcriber | None = None,
         end_of_turn: str = IM_END,
         audio_cache_clips: int = DEFAULT_AUDIO_CACHE_CLIPS,
+        encoder_cache_clips: int = DEFAULT_ENCODER_CACHE_CLIPS,
     ) -> None:
         self.name = name
         self.device = torch.device(device)
@@ -181,8 +220,10 @@ class DestaLALM:
         )
         self._check_audio_span()
         self._feature_cache: LRUCache[ClipKey, tuple[Tensor, Tensor]] = LRUCache(audio_cache_clips)
-        self._embedding_cache: LRUCache[ClipKey, Tensor] = LRUCache(audio_cache_clips)
-        self._embedding_cache_depth = 0
+        self._embedding_cache: ScopedCache[ClipKey, Tensor] = ScopedCache(audio_cache_clips)
+        self._encoder_cache: ScopedCache[ClipKey, tuple[Tensor, ...]] = ScopedCache(
+            encoder_cache_clips
+        )
 
     @property
     def model(self) -> DestaForCausalLM:
@@ -336,26 +377,27 @@ class DestaLALM:
         with torch.no_grad():
             return self._clip_embeddings([Path(p) for p in paths], grad=False)
 
-    @contextmanager
-    def cached_audio_embeddings(self) -> Iterator[None]:
+    def cached_audio_embeddings(self) -> AbstractContextManager[None]:
         """Reuse connector outputs per clip while the encoder and connector stay unchanged.
 
         The cache starts empty and is dropped when the outermost context exits; call
         `clear_caches()` inside it after any change to the encoder or connector.
         """
-        if self._embedding_cache_depth == 0:
-            self._embedding_cache.clear()
-        self._embedding_cache_depth += 1
-        try:
-            yield
-        finally:
-            self._embedding_cache_depth -= 1
-            if self._embedding_cache_depth == 0:
-                self._embedding_cache.clear()
+        return self._embedding_cache.scope()
+
+    def cached_encoder_states(self) -> AbstractContextManager[None]:
+        """Reuse the encoder's tapped states per clip while the encoder stays unchanged.
+
+        The connector still runs on every use, with gradients when they are enabled, so the
+        connector may change (be trained) inside. The cache starts empty and is dropped when
+        the outermost context exits; call `clear_caches()` inside it after changing the encoder.
+        """
+        return self._encoder_cache.scope()
 
     def clear_caches(self) -> None:
-        """Forget cached features and connector outputs."""
+        """Forget cached features, encoder states and connector outputs."""
         self._feature_cache.clear()
+        self._encoder_cache.clear()
         self._embedding_cache.clear()
 
     # ---------------------------------------------------------------- identity
@@ -491,13 +533,7 @@ class DestaLALM:
     ) -> Tensor:
         """Logits of the last `keep` positions; the full (B, L, V) tensor is never built."""
         audio_embeds = self._batch_audio(batch, grad=torch.is_grad_enabled())
-        return self._model.llm_model(
-            inputs_embeds=self._model.build_inputs_embeds(input_ids, audio_embeds),
-            attention_mask=attention_mask,
-            position_ids=position_ids_from_attention_mask(attention_mask),
-            use_cache=False,
-            logits_to_keep=keep,
-        ).logits
+        return self._model.trailing_logits(input_ids, attention_mask, audio_embeds, keep)
 
     def _batch_audio(self, batch: Batch, *, grad: bool) -> Tensor | None:
         paths = batch.inputs.get("audio_paths", ())
@@ -507,7 +543,7 @@ class DestaLALM:
         """Connector outputs in the order of `paths`; each distinct clip is encoded once."""
         keys = [clip_key(path) for path in paths]
         unique = dict(zip(keys, paths, strict=True))
-        if self._embedding_cache_depth > 0:
+        if self._embedding_cache.active:
             embeddings = self._cached_embeddings(unique)
         else:
             with torch.set_grad_enabled(grad):
@@ -530,9 +566,36 @@ class DestaLALM:
     def _encode_clips(self, paths: Sequence[Path]) -> Tensor:
         chunks = []
         for begin in range(0, len(paths), AUDIO_CHUNK):
-            features, mask = self._clip_features(paths[begin : begin + AUDIO_CHUNK])
-            chunks.append(self._model.embed_audio(features, mask))
+            chunk = paths[begin : begin + AUDIO_CHUNK]
+            features, mask = self._clip_features(chunk)
+            if self._encoder_cache.active:
+                states = self._cached_encoder_states(chunk, features, mask)
+            else:
+                states = self._model.encode_audio_states(features, mask)
+            chunks.append(self._model.connect_audio(states, mask))
         return torch.cat(chunks)
+
+    def _cached_encoder_states(
+        self, paths: Sequence[Path], features: Tensor, mask: Tensor
+    ) -> list[Tensor | None]:
+        """The tapped encoder states of `paths` (features and mask in the same order), encoding
+        only the clips not cached yet, without gradients."""
+        tapped_layers = self.config.connector.tapped_layers
+        keys = [clip_key(path) for path in paths]
+        found = {key: self._encoder_cache.get(key) for key in keys}
+        missing = [row for row, key in enumerate(keys) if found[key] is None]
+        if missing:
+            rows = torch.tensor(missing, device=features.device)
+            with torch.no_grad():
+                states = self._model.encode_audio_states(
+                    features.index_select(0, rows), mask.index_select(0, rows)
+                )
+            for index, row in enumerate(missing):
+                clip = tuple(states[layer + 1][index].clone() for layer in tapped_layers)
+                found[keys[row]] = clip
+                self._encoder_cache.put(keys[row], clip)
+        tapped = [torch.stack([found[key][k] for key in keys]) for k in range(len(tapped_layers))]
+        return tapped_states_only(tapped, tapped_layers, self.config.encoder.n_layers)
 
     def _clip_features(self, paths: Sequence[Path]) -> tuple[Tensor, Tensor]:
         """Log-mel features and frame masks on the model's device, decoding uncached files."""

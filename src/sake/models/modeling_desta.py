@@ -25,6 +25,12 @@ Audio enters the token sequence as in the release: every clip becomes a span
 "<end_audio>"); the connector outputs overwrite the placeholder embeddings clip by clip in reading
 order, and the transcript keeps its own token embeddings.
 
+Rows of a left-padded batch that begin with the same long prefix (at least `MIN_SHARED_PREFIX`
+tokens before any audio placeholder, e.g. an in-context editor's system prompt) have the
+prefix's keys and values computed once, for one row, by `generate` and, without gradients, by
+`trailing_logits`: each row [pad, prefix, rest] is laid out as [prefix, pad, rest], which keeps
+every real token's position, so only float rounding differs from the plain computation.
+
 Two documented departures, both off for the full-size configuration: the tiny model may mask
 padded audio frames (`mask_padded_frames`), and clips may be shorter than Whisper's 30 s
 (`max_seconds`; the positional table is sized to match).
@@ -45,7 +51,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import Tensor, nn
-from transformers import BertConfig, LlamaConfig, LlamaForCausalLM, WhisperConfig
+from transformers import BertConfig, DynamicCache, LlamaConfig, LlamaForCausalLM, WhisperConfig
 from transformers.modeling_outputs import CausalLMOutputWithPast
 from transformers.models.bert.modeling_bert import BertEncoder
 from transformers.models.whisper.modeling_whisper import WhisperEncoder
@@ -58,6 +64,7 @@ LLM_PREFIX = "llm_model"
 _CONFIG_METADATA_KEY = "sake_desta_config"
 _TRAINABLE_METADATA_KEY = "sake_trainable_prefixes"
 _FIXED_PARAMETER_SUFFIXES = ("embed_positions.weight",)
+MIN_SHARED_PREFIX = 32
 
 ROLE_MODULE_NAMES = {
     "audio_encoder": AUDIO_ENCODER_PREFIX,
@@ -347,8 +354,13 @@ class QFormerConnector(nn.Module):
         """(queries, n_tapped) weights of each tapped layer for every query; rows sum to 1."""
         return torch.softmax(self.layer_weights, dim=-1)
 
-    def forward(self, hidden_states: Sequence[Tensor], frame_mask: Tensor | None = None) -> Tensor:
-        """Encoder states (as returned by the encoder) -> (clips, queries, llm_width)."""
+    def forward(
+        self, hidden_states: Sequence[Tensor | None], frame_mask: Tensor | None = None
+    ) -> Tensor:
+        """Encoder states (as returned by the encoder) -> (clips, queries, llm_width).
+
+        Only the tapped layers' states are read; the others may be None.
+        """
         n_tapped = len(self.config.tapped_layers)
         tapped = torch.stack([hidden_states[i + 1] for i in self.config.tapped_layers])
         tapped = tapped.to(self.layer_weights.dtype)
@@ -418,8 +430,30 @@ class DestaForCausalLM(nn.Module):
 
     def embed_audio(self, input_features: Tensor, feature_mask: Tensor | None = None) -> Tensor:
         """(clips, n_mels, frames) -> (clips, prompt_size, llm_hidden) in the LLM's dtype."""
+        return self.connect_audio(
+            self.encode_audio_states(input_features, feature_mask), feature_mask
+        )
+
+    def encode_audio_states(
+        self, input_features: Tensor, feature_mask: Tensor | None = None
+    ) -> tuple[Tensor, ...]:
+        """The encoder's states (`WhisperAudioEncoder.forward`) of log-mel features.
+
+        They depend on the encoder alone, so a caller may keep them while only the connector
+        or the LLM changes and hand them to `connect_audio` again.
+        """
         features = input_features.to(self.perception.whisper.encoder.conv1.weight.dtype)
-        embeds = self.perception(features, feature_mask)
+        return self.perception.whisper(features, feature_mask)
+
+    def connect_audio(
+        self, hidden_states: Sequence[Tensor | None], feature_mask: Tensor | None = None
+    ) -> Tensor:
+        """Encoder states -> (clips, prompt_size, llm_hidden) connector outputs in the LLM's dtype.
+
+        Only the tapped layers are read; the others may be None (see `tapped_states_only`).
+        """
+        frame_mask = self.perception.whisper.frame_mask(feature_mask)
+        embeds = self.perception.connector(hidden_states, frame_mask)
         return embeds.to(self.llm_model.get_input_embeddings().weight.dtype)
 
     # ---------------------------------------------------------------- text + audio
@@ -506,15 +540,82 @@ class DestaForCausalLM(nn.Module):
             raise ValueError("generate needs left padding: a row ends with a padded position")
         audio_embeds = self._resolve_audio(input_features, feature_mask, audio_embeds)
         eos = [eos_token_id] if isinstance(eos_token_id, int) else list(eos_token_id)
+        embeds = self.build_inputs_embeds(input_ids, audio_embeds)
+        shared = self._shareable_prefix(input_ids, attention_mask, reserve=1)
+        cache = None
+        if shared:
+            embeds, attention_mask, cache = self._prefix_cached(embeds, attention_mask, shared)
         return self.llm_model.generate(
-            inputs_embeds=self.build_inputs_embeds(input_ids, audio_embeds),
+            inputs_embeds=embeds,
             attention_mask=attention_mask,
+            past_key_values=cache,
             max_new_tokens=max_new_tokens,
             do_sample=False,
             num_beams=1,
             eos_token_id=eos,
             pad_token_id=pad_token_id,
         )
+
+    def trailing_logits(
+        self, input_ids: Tensor, attention_mask: Tensor, audio_embeds: Tensor | None, keep: int
+    ) -> Tensor:
+        """(batch, keep, vocab) logits of the last `keep` positions of a left-padded batch.
+
+        Without gradients, a prefix all rows share (a long system prompt) is computed once.
+        """
+        embeds = self.build_inputs_embeds(input_ids, audio_embeds)
+        shared = 0
+        if not torch.is_grad_enabled():
+            shared = self._shareable_prefix(input_ids, attention_mask, reserve=keep)
+        if not shared:
+            return self.llm_model(
+                inputs_embeds=embeds,
+                attention_mask=attention_mask,
+                position_ids=position_ids_from_attention_mask(attention_mask),
+                use_cache=False,
+                logits_to_keep=keep,
+            ).logits
+        embeds, attention_mask, cache = self._prefix_cached(embeds, attention_mask, shared)
+        return self.llm_model(
+            inputs_embeds=embeds[:, shared:],
+            attention_mask=attention_mask,
+            position_ids=position_ids_from_attention_mask(attention_mask)[:, shared:],
+            past_key_values=cache,
+            use_cache=True,
+            logits_to_keep=keep,
+        ).logits
+
+    def _shareable_prefix(self, input_ids: Tensor, attention_mask: Tensor, reserve: int) -> int:
+        """The shared prefix worth computing once (0 when none is), leaving every row at
+        least `reserve` tokens of its own."""
+        if len(input_ids) < 2:
+            return 0
+        shared = shared_prefix_length(input_ids, attention_mask, self.config.audio_token_id)
+        shortest = int(attention_mask.long().sum(dim=1).min())
+        shared = min(shared, shortest - reserve)
+        return shared if shared >= MIN_SHARED_PREFIX else 0
+
+    def _prefix_cached(
+        self, embeds: Tensor, attention_mask: Tensor, shared: int
+    ) -> tuple[Tensor, Tensor, DynamicCache]:
+        """The batch with its shared prefix moved before the padding, and the prefix's cache.
+
+        A left-padded row [pad, prefix, rest] becomes [prefix, pad, rest]: positions still
+        count real tokens only, so every row sees the same prefix at positions 0..shared-1 and
+        the prefix's keys and values are computed once, for one row, and repeated.
+        """
+        order = prefix_first_order(attention_mask, shared)
+        embeds = embeds.gather(1, order[..., None].expand(-1, -1, embeds.shape[-1]))
+        attention_mask = attention_mask.gather(1, order)
+        cache = DynamicCache(config=self.llm_model.config)
+        self.llm_model.model(
+            inputs_embeds=embeds[:1, :shared],
+            position_ids=torch.arange(shared, device=embeds.device)[None],
+            past_key_values=cache,
+            use_cache=True,
+        )
+        cache.batch_repeat_interleave(len(embeds))
+        return embeds, attention_mask, cache
 
     def _resolve_audio(
         self,
@@ -646,6 +747,46 @@ def load_checkpoint(
 
 def _under_prefix(name: str, prefix: str) -> bool:
     return name == prefix or name.startswith(prefix + ".")
+
+
+def shared_prefix_length(input_ids: Tensor, attention_mask: Tensor, audio_token_id: int) -> int:
+    """How many leading real tokens all rows of a left-padded batch share.
+
+    The prefix stops before the first audio placeholder (rows may put different clips there)
+    and leaves every row at least one token of its own.
+    """
+    lengths = attention_mask.long().sum(dim=1)
+    shortest = int(lengths.min())
+    if shortest < 2:
+        return 0
+    starts = input_ids.shape[1] - lengths
+    columns = starts[:, None] + torch.arange(shortest - 1, device=input_ids.device)
+    leading = input_ids.gather(1, columns)
+    same = (leading == leading[:1]).all(dim=0) & (leading[0] != audio_token_id)
+    differing = (~same).nonzero()
+    return int(differing[0]) if len(differing) else shortest - 1
+
+
+def prefix_first_order(attention_mask: Tensor, shared: int) -> Tensor:
+    """(batch, width) source columns that turn each row [pad, prefix, rest] into
+    [prefix, pad, rest], for a prefix of `shared` tokens right after the left padding."""
+    width = attention_mask.shape[1]
+    pads = (width - attention_mask.long().sum(dim=1))[:, None]
+    column = torch.arange(width, device=attention_mask.device)[None]
+    return torch.where(
+        column < shared, column + pads, torch.where(column < shared + pads, column - shared, column)
+    )
+
+
+def tapped_states_only(
+    tapped: Sequence[Tensor], tapped_layers: Sequence[int], n_layers: int
+) -> list[Tensor | None]:
+    """Encoder states laid out as `WhisperAudioEncoder.forward` returns them, holding only the
+    tapped layers' outputs (`tapped[k]` is layer `tapped_layers[k]`) and None elsewhere."""
+    states: list[Tensor | None] = [None] * (n_layers + 1)
+    for layer, state in zip(tapped_layers, tapped, strict=True):
+        states[layer + 1] = state
+    return states
 
 
 def additive_key_mask(key_mask: Tensor, dtype: torch.dtype) -> Tensor:
