@@ -540,6 +540,8 @@ def test_edit_task_runs_the_sequential_protocol(compose_cfg, on_disk) -> None:
     assert {f"sequential/locality_audio/gap{g}" for g in (0, 1)} <= metrics.keys()
     assert not any(key.endswith("gap2") for key in metrics)  # a sequence of two edits
     assert all(key.startswith("sequential/") for key in metrics)
+    degenerate = [f"sequential/degeneration/{key}" for key in ("gap0", "gap1", "pre_edit")]
+    assert all(0.0 <= metrics[key] <= 1.0 for key in degenerate)
 
 
 def test_edit_task_without_an_editing_method_says_what_to_choose(compose_cfg, on_disk) -> None:

@@ -24,6 +24,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from sake.data.schema import ATTRIBUTES
+from sake.evaluation.degeneration_by_gap import degeneration_by_gap
 from sake.evaluation.judges.base import OptionJudge
 from sake.evaluation.metrics import (
     case_scores,
@@ -126,7 +127,10 @@ def eval_settings(config: Mapping[str, Any]) -> EvalSettings:
 
 
 def protocol_metrics(protocol: str, records: Sequence[Record]) -> dict[str, float]:
-    return single_metrics(records) if protocol == "single" else sequential_metrics(records)
+    """SAKE's metrics; sequential runs add the share of degenerate outputs by gap."""
+    if protocol == "single":
+        return single_metrics(records)
+    return {**sequential_metrics(records), **degeneration_by_gap(records)}
 
 
 def format_summary(protocol: str, metrics: Mapping[str, float]) -> str:

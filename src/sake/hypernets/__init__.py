@@ -1,0 +1,40 @@
+"""KE and MEND hypernetworks: the networks, their inputs and updates, their files on disk.
+
+`signals` reads what a hypernetwork sees of an edit (gradient factors, token embeddings) and
+applies predicted updates; `ke` and `mend` are the networks; `manifest` stores them with what
+they were trained for; `editor` is the editing method both share (`sake.methods.ke`,
+`sake.methods.mend`). Training lives in `sake.training.hypernet`.
+"""
+
+from sake.hypernets.editor import HypernetConfig, HypernetEditor
+from sake.hypernets.ke import KnowledgeEditor, RankOneEdit
+from sake.hypernets.manifest import (
+    HypernetManifest,
+    HypernetUnavailableError,
+    hypernet_path,
+    load_hypernet,
+    read_hypernet,
+    save_hypernet,
+    train_command,
+)
+from sake.hypernets.mend import MEND
+from sake.hypernets.signals import EditedMatrix, EditSignal, capture_signals, edited_matrices
+
+__all__ = [
+    "MEND",
+    "EditSignal",
+    "EditedMatrix",
+    "HypernetConfig",
+    "HypernetEditor",
+    "HypernetManifest",
+    "HypernetUnavailableError",
+    "KnowledgeEditor",
+    "RankOneEdit",
+    "capture_signals",
+    "edited_matrices",
+    "hypernet_path",
+    "load_hypernet",
+    "read_hypernet",
+    "save_hypernet",
+    "train_command",
+]

@@ -1,0 +1,622 @@
+"""Training KE and MEND hypernetworks on a dataset's training split (MEND's recipe).
+
+Per step, every case of the batch is edited with its own predicted update: one teacher-forced
+pass over the cases' reliability probes reads the edit signals (and, in the same pass, the
+pre-edit answer distributions of the locality probes); the hypernetwork predicts one update
+per case; a second pass runs every case's probes with its update added. The loss is
+
+    c_edit · NLL(generality probes [+ reliability probe]) + c_loc · KL(pre ‖ post on locality)
+
+with the NLL and the KL taken over answer tokens only (padding never enters). Locality is
+measured by comparing post-edit with pre-edit outputs, so the KL follows, by default, the
+answer the unedited model itself gives to each locality probe (its greedy output, generated
+once per probe through the runner's pre-edit cache): argmax agreement along that answer is
+then exactly "the edited model still says the same", the locality agreement logged. The NLL is
+averaged over a case's probes; the KL over its audio-locality probes and, as a group of equal
+weight, its text-locality probes (one text probe counts as much as three or four audio ones);
+both terms are then averaged over the cases. The model's weights never change: updates enter
+through forward hooks, so only the hypernetwork learns.
+
+Checkpoints hold only the hypernetwork (the model is not part of the LightningModule's state).
+After every validation `last.ckpt` is rewritten (it resumes a killed run) and `best-*.ckpt`
+follows the lowest validation loss; the best, not the last, becomes the trained hypernetwork.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field, replace
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import lightning.pytorch as pl
+import numpy as np
+import torch
+from hydra.utils import instantiate
+from lightning.pytorch.callbacks import ModelCheckpoint
+from omegaconf import DictConfig, OmegaConf
+from torch import Tensor, nn
+from torch.utils.data import Dataset
+
+from sake.data.schema import EditCase, Probe, ProbeKind
+from sake.hypernets.editor import HypernetConfig, expected_manifest, new_network
+from sake.hypernets.manifest import HypernetManifest
+from sake.hypernets.signals import (
+    EditedMatrix,
+    ScoredPass,
+    capture_signals,
+    edited_matrices,
+    scored_pass,
+    updates_added,
+)
+from sake.runner import PreEditCache
+from sake.training.callbacks import NonFiniteLossError, NonFiniteLossGuard, StepLog, WallClock
+from sake.training.data import PlannedBatches, PlannedDataModule, plan_batches
+from sake.training.modules import warmup_cosine
+from sake.training.trainer import StageContext, lightning_logger, stage_trainer_config
+from sake.utils.run import seed_everything
+
+MONITOR = "val/loss"
+EDIT_LR_PARAMETER = "edit_lrs"
+LOCALITY_ANSWERS: tuple[str, ...] = ("pre_edit", "dataset")
+Metrics = dict[str, float]
+
+
+# --------------------------------------------------------------------------- settings
+
+
+@dataclass(frozen=True)
+class EditLossSettings:
+    """Weights of the two loss terms; whether the reliability probe joins the edit loss.
+
+    `loc_temperature` softens both distributions of the locality KL (scaled by T² as in
+    distillation): a model sure of a locality answer hides logit changes from the plain KL,
+    while the same changes flip the answers it is unsure of. `locality_answers` is what the
+    KL follows: `pre_edit`, the unedited model's own answer, or `dataset`, the probe's answer.
+    """
+
+    c_edit: float = 1.0
+    c_loc: float = 1.0
+    reliability: bool = True
+    loc_temperature: float = 1.0
+    locality_answers: str = "pre_edit"
+    include_end: bool = True
+
+    def __post_init__(self) -> None:
+        if self.locality_answers not in LOCALITY_ANSWERS:
+            raise ValueError(
+                f"task.loss.locality_answers must be one of {', '.join(LOCALITY_ANSWERS)}, "
+                f"got {self.locality_answers!r}"
+            )
+        if self.c_edit < 0 or self.c_loc < 0 or self.loc_temperature <= 0:
+            raise ValueError(
+                "task.loss: c_edit and c_loc must not be negative, loc_temperature must be positive"
+            )
+
+
+@dataclass(frozen=True)
+class HypernetOptimizerSettings:
+    """AdamW on the hypernetwork; MEND's per-matrix edit learning rates get `lr_lr`."""
+
+    lr: float = 1e-4
+    lr_lr: float = 1e-4
+    weight_decay: float = 0.0
+    warmup_steps: int = 0
+    min_lr_ratio: float = 1.0
+
+
+# --------------------------------------------------------------------------- probes
+
+
+def locality_probes(case: EditCase) -> list[Probe]:
+    return [*case.locality_audio, *case.locality_text]
+
+
+def edited_probes(case: EditCase) -> list[Probe]:
+    return [case.reliability, *case.generality]
+
+
+def outcome_key(probe: Probe) -> str:
+    """Where a probe's outcome is logged: edit success or locality agreement, per type."""
+    if probe.kind is ProbeKind.RELIABILITY:
+        return "edit_success/reliability"
+    if probe.kind is ProbeKind.GENERALITY:
+        return f"edit_success/generality_type{probe.type}"
+    if probe.kind is ProbeKind.LOCALITY_AUDIO:
+        return f"locality/audio_type{probe.type}"
+    if probe.kind is ProbeKind.LOCALITY_TEXT:
+        return "locality/text"
+    raise ValueError(f"hypernetwork training uses no {probe.kind.value} probe")
+
+
+def answer_kl(pre_logits: Tensor, post_logits: Tensor, temperature: float = 1.0) -> Tensor:
+    """KL(pre ‖ post) of the next-token distributions at `temperature`, times its square,
+    averaged over the answer tokens."""
+    pre = torch.log_softmax(pre_logits.float() / temperature, dim=-1)
+    post = torch.log_softmax(post_logits.float() / temperature, dim=-1)
+    return (pre.exp() * (pre - post)).sum(dim=-1).mean() * temperature**2
+
+
+def all_tokens_right(logits: Tensor, token_ids: Tensor) -> float:
+    return float(bool((logits.argmax(dim=-1) == token_ids).all()))
+
+
+def same_choices(pre_logits: Tensor, post_logits: Tensor) -> float:
+    return float(bool((pre_logits.argmax(dim=-1) == post_logits.argmax(dim=-1)).all()))
+
+
+class LocalityAnswers:
+    """The answer each locality probe's KL is taken over.
+
+    With a pre-edit cache, the unedited model's greedy answer (the model is frozen during
+    training, so one generation per probe serves every step); a probe whose answer is empty or
+    does not tokenise back the same way inside the chat sequence keeps its dataset answer.
+    Without a cache, every probe uses its dataset answer.
+    """
+
+    def __init__(self, cache: PreEditCache | None, batch_size: int = 32) -> None:
+        self.cache = cache
+        self.batch_size = batch_size
+        self._chosen: dict[str, str] = {}
+
+    def answers(self, lalm: Any, probes: Sequence[Probe]) -> list[str]:
+        cache = self.cache
+        if cache is None:
+            return [probe.answer for probe in probes]
+        outputs = cache.outputs(lalm, probes, self.batch_size)
+        return [
+            self._choose(lalm, cache.key(probe), probe, output)
+            for probe, output in zip(probes, outputs, strict=True)
+        ]
+
+    def prefetch(self, lalm: Any, cases: Iterable[EditCase]) -> None:
+        """Generate the answers of every locality probe of `cases` at once, before training."""
+        probes = list({probe: None for case in cases for probe in locality_probes(case)})
+        if self.cache is not None and probes:
+            self.answers(lalm, probes)
+
+    def _choose(self, lalm: Any, key: str, probe: Probe, output: str) -> str:
+        if key not in self._chosen:
+            self._chosen[key] = output if _scorable(lalm, probe, output) else probe.answer
+        return self._chosen[key]
+
+
+def _scorable(lalm: Any, probe: Probe, answer: str) -> bool:
+    """Whether `answer` can be teacher-forced after the probe's prompt.
+
+    How the answer tokenises depends on the text around it, never on the audio placeholders
+    earlier in the prompt, so the probe is checked without its audio (nothing to decode).
+    """
+    if not answer:
+        return False
+    text_only = replace(probe, file=None, audio_path=None)
+    try:
+        lalm.target_token_ids(lalm.prepare([text_only]), [answer])
+    except ValueError:
+        return False
+    return True
+
+
+@dataclass
+class EditLosses:
+    """The loss of a batch of edits, its two terms, and 0/1 outcomes per probe group."""
+
+    total: Tensor
+    edit: Tensor
+    locality: Tensor
+    outcomes: dict[str, list[float]] = field(default_factory=dict)
+
+
+# --------------------------------------------------------------------------- module
+
+
+class HypernetModule(pl.LightningModule):
+    """Trains `network` to edit `lalm`'s `matrices`; the model itself stays frozen.
+
+    The model is kept outside the module's state (it is not an `nn.Module` attribute), so
+    checkpoints hold exactly the hypernetwork, running statistics included.
+    """
+
+    def __init__(
+        self,
+        network: nn.Module,
+        lalm: Any,
+        matrices: Sequence[EditedMatrix],
+        losses: EditLossSettings,
+        optimizer: HypernetOptimizerSettings,
+        locality_answers: LocalityAnswers | None = None,
+    ) -> None:
+        super().__init__()
+        self.network = network
+        self.lalm = lalm
+        self.matrices = list(matrices)
+        self.loss_settings = losses
+        self.optimizer_settings = optimizer
+        self.locality_answers = locality_answers or LocalityAnswers(None)
+        self.validation_metrics: Metrics = {}
+        self.validation_history: dict[int, Metrics] = {}
+        self.validated_step = -1
+        self._validation: dict[str, list[float]] = defaultdict(list)
+        lalm.model.requires_grad_(False)
+
+    # ---------------------------------------------------------------- the edit loss
+
+    def edit_losses(self, cases: Sequence[EditCase]) -> EditLosses:
+        """Edit every case with its own predicted update and score the result."""
+        include_end = self.loss_settings.include_end
+        pre_probes: list[Probe] = []
+        pre_targets: list[str] = []
+        post_probes: list[Probe] = []
+        post_targets: list[str] = []
+        edit_rows: list[int] = []
+        kept = iter(
+            self.locality_answers.answers(
+                self.lalm, [probe for case in cases for probe in locality_probes(case)]
+            )
+        )
+        for case in cases:
+            locality = locality_probes(case)
+            answers = [next(kept) for _ in locality]
+            edit_rows.append(len(pre_probes))
+            pre_probes += [case.reliability, *locality]
+            pre_targets += [case.reliability.answer, *answers]
+            post_probes += [*edited_probes(case), *locality]
+            post_targets += [probe.answer for probe in edited_probes(case)] + answers
+        signals, pre = capture_signals(
+            self.lalm,
+            self.lalm.prepare(pre_probes),
+            pre_targets,
+            self.matrices,
+            edit_rows,
+            include_end=include_end,
+        )
+        updates = [self.network(signal) for signal in signals]
+        group_sizes = [len(edited_probes(case)) + len(locality_probes(case)) for case in cases]
+        with updates_added(self.matrices, updates, group_sizes):
+            post = scored_pass(self.lalm, self.lalm.prepare(post_probes), post_targets, include_end)
+        return self._combine(cases, pre, post, edit_rows)
+
+    def _combine(
+        self,
+        cases: Sequence[EditCase],
+        pre: ScoredPass,
+        post: ScoredPass,
+        edit_rows: Sequence[int],
+    ) -> EditLosses:
+        outcomes: dict[str, list[float]] = defaultdict(list)
+        edit_terms, locality_terms = [], []
+        post_row = 0
+        for case, pre_row in zip(cases, edit_rows, strict=True):
+            nlls = []
+            for probe in edited_probes(case):
+                if probe.kind is ProbeKind.GENERALITY or self.loss_settings.reliability:
+                    nlls.append(post.nll(post_row))
+                logits, ids = post.logits[post_row], post.token_ids[post_row]
+                outcomes[outcome_key(probe)].append(all_tokens_right(logits, ids))
+                post_row += 1
+            kls: dict[ProbeKind, list[Tensor]] = defaultdict(list)
+            for offset, probe in enumerate(locality_probes(case), start=1):
+                before, after = pre.logits[pre_row + offset], post.logits[post_row]
+                kls[probe.kind].append(answer_kl(before, after, self.loss_settings.loc_temperature))
+                outcomes[outcome_key(probe)].append(same_choices(before, after))
+                post_row += 1
+            edit_terms.append(torch.stack(nlls).mean())
+            locality_terms.append(torch.stack([torch.stack(v).mean() for v in kls.values()]).mean())
+        edit = torch.stack(edit_terms).mean()
+        locality = torch.stack(locality_terms).mean()
+        settings = self.loss_settings
+        total = settings.c_edit * edit + settings.c_loc * locality
+        return EditLosses(total, edit, locality, dict(outcomes))
+
+    # ---------------------------------------------------------------- training
+
+    def training_step(self, batch: Mapping[str, Any], batch_idx: int) -> Tensor:
+        cases = batch["cases"]
+        losses = self.edit_losses(cases)
+        self.check_finite(losses)
+        logged = {
+            "train/loss": losses.total,
+            "train/edit_loss": losses.edit,
+            "train/loc_loss": losses.locality,
+        }
+        logged.update({f"train/{key}": float(np.mean(v)) for key, v in losses.outcomes.items()})
+        self.log_dict(logged, batch_size=len(cases))
+        return losses.total
+
+    def check_finite(self, losses: EditLosses) -> None:
+        """Stop before the update when a loss term is NaN or infinite, naming it and the step."""
+        for name, value in (("edit", losses.edit), ("locality", losses.locality)):
+            number = float(value.detach())
+            if not math.isfinite(number):
+                raise NonFiniteLossError(
+                    f"hypernetwork training: the {name} loss is {number} at step "
+                    f"{self.global_step}; stopping before the update. Lower the learning rate "
+                    "or check the data, then resume from the last checkpoint with "
+                    "task.ckpt_path=..."
+                )
+
+    # ---------------------------------------------------------------- validation
+
+    def on_validation_epoch_start(self) -> None:
+        self._validation = defaultdict(list)
+
+    def validation_step(self, batch: Mapping[str, Any], batch_idx: int) -> None:
+        cases = batch["cases"]
+        losses = self.edit_losses(cases)
+        for name, value in (
+            ("loss", losses.total),
+            ("edit_loss", losses.edit),
+            ("loc_loss", losses.locality),
+        ):
+            self._validation[name] += [float(value)] * len(cases)
+        for key, values in losses.outcomes.items():
+            self._validation[key] += values
+
+    def on_validation_epoch_end(self) -> None:
+        if self.trainer.sanity_checking or not self._validation:
+            return
+        metrics = {key: float(np.mean(values)) for key, values in self._validation.items()}
+        self.validation_metrics = metrics
+        self.validated_step = self.global_step
+        self.validation_history[self.global_step] = metrics
+        self.log_dict({f"val/{key}": value for key, value in metrics.items()}, batch_size=1)
+
+    # ---------------------------------------------------------------- optimisation
+
+    def parameter_groups(self) -> list[dict[str, Any]]:
+        """The edit learning rates (MEND) apart from every other hypernetwork weight."""
+        settings = self.optimizer_settings
+        named = list(self.network.named_parameters())
+        rates = [p for name, p in named if name.split(".")[-1] == EDIT_LR_PARAMETER]
+        others = [p for name, p in named if name.split(".")[-1] != EDIT_LR_PARAMETER]
+        groups = [{"params": others, "lr": settings.lr, "weight_decay": settings.weight_decay}]
+        if rates:
+            groups.append({"params": rates, "lr": settings.lr_lr, "weight_decay": 0.0})
+        return groups
+
+    def make_optimizer(self) -> torch.optim.Optimizer:
+        return torch.optim.AdamW(self.parameter_groups())
+
+    def configure_optimizers(self) -> dict:
+        settings = self.optimizer_settings
+        optimizer = self.make_optimizer()
+        total = int(self.trainer.estimated_stepping_batches)
+        schedule = torch.optim.lr_scheduler.LambdaLR(
+            optimizer,
+            lambda step: warmup_cosine(step, settings.warmup_steps, total, settings.min_lr_ratio),
+        )
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
+
+    # ---------------------------------------------------------------- checkpoints
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["validation_history"] = dict(self.validation_history)
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        self.validation_history = dict(checkpoint.get("validation_history", {}))
+
+
+# --------------------------------------------------------------------------- data
+
+
+class CaseBatches(Dataset):
+    """Fixed batches of validation cases, in order."""
+
+    def __init__(self, cases: Sequence[EditCase], batch_size: int) -> None:
+        if not cases:
+            raise ValueError("validation needs at least one case")
+        self.cases = list(cases)
+        self.batch_size = batch_size
+
+    def __len__(self) -> int:
+        return (len(self.cases) + self.batch_size - 1) // self.batch_size
+
+    def __getitem__(self, index: int) -> dict[str, list[EditCase]]:
+        if not 0 <= index < len(self):
+            raise IndexError(f"batch {index} out of range (0..{len(self) - 1})")
+        return {"cases": self.cases[index * self.batch_size : (index + 1) * self.batch_size]}
+
+
+def _case_batch(cases: Sequence[EditCase], position: int, indices: np.ndarray) -> dict:
+    return {"cases": [cases[int(i)] for i in indices]}
+
+
+class EditCaseDataModule(PlannedDataModule):
+    """`steps` planned batches of training cases (shuffled passes, resumable) and the
+    validation cases in fixed batches."""
+
+    def __init__(
+        self,
+        train_cases: Sequence[EditCase],
+        val_cases: Sequence[EditCase],
+        *,
+        cases_per_step: int,
+        steps: int,
+        val_batch_size: int,
+        rng: np.random.Generator,
+    ) -> None:
+        plan = plan_batches([1] * len(train_cases), cases_per_step, steps, rng)
+        train = PlannedBatches(plan, partial(_case_batch, list(train_cases)))
+        super().__init__(train, CaseBatches(val_cases, val_batch_size))
+        self.train_cases = list(train_cases)
+        self.val_cases = list(val_cases)
+
+    def planned_cases(self) -> list[EditCase]:
+        """Every case the run will edit: its planned training cases and the validation cases."""
+        planned = {int(i) for batch in self.train.batches for i in batch}
+        return [self.train_cases[i] for i in sorted(planned)] + self.val_cases
+
+    def transfer_batch_to_device(
+        self, batch: Any, device: torch.device, dataloader_idx: int
+    ) -> Any:
+        """Batches hold cases, not tensors: the model prepares them on its own device."""
+        return batch
+
+
+def split_for_training(
+    splits: Mapping[str, Sequence[EditCase]], validation_cases: int
+) -> tuple[list[EditCase], list[EditCase]]:
+    """Training cases and a held-out validation slice of `validation_cases` cases.
+
+    The slice comes from the release's validation split (SAKE's ALL_val) when it has one,
+    else from the end of the training split, which then no longer trains on it.
+    """
+    train = list(splits.get("train") or [])
+    if validation_cases < 1:
+        raise ValueError("task.validation.cases must be at least 1")
+    if splits.get("val"):
+        return train, list(splits["val"])[:validation_cases]
+    if len(train) <= validation_cases:
+        raise ValueError(
+            f"the training split has {len(train)} cases, too few to hold out "
+            f"{validation_cases} for validation"
+        )
+    return train[:-validation_cases], train[-validation_cases:]
+
+
+# --------------------------------------------------------------------------- fitting
+
+
+@dataclass(frozen=True)
+class TrainedHypernet:
+    """The best hypernetwork of a run, its manifest and the run's metrics."""
+
+    manifest: HypernetManifest
+    state_dict: dict[str, Tensor]
+    metrics: Metrics
+
+
+def build_module(
+    config: HypernetConfig,
+    lalm: Any,
+    settings: DictConfig,
+    seed: int,
+    cache_root: Path | None = None,
+) -> HypernetModule:
+    """A fresh hypernetwork (seeded) for the config's roles on `lalm`, ready to train.
+
+    Pre-edit answers of the locality probes are kept under `cache_root` (shared with the
+    editing runs on the same model), or in memory when it is None.
+    """
+    matrices = edited_matrices(lalm, config.roles)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        network = new_network(config, lalm, matrices)
+    losses = EditLossSettings(**settings.loss, include_end=bool(config.include_end))
+    return HypernetModule(
+        network,
+        lalm,
+        matrices,
+        losses,
+        HypernetOptimizerSettings(**settings.optimizer),
+        locality_answers(losses, lalm, settings, cache_root),
+    )
+
+
+def locality_answers(
+    losses: EditLossSettings, lalm: Any, settings: DictConfig, cache_root: Path | None
+) -> LocalityAnswers:
+    if losses.locality_answers == "dataset":
+        return LocalityAnswers(None)
+    max_new_tokens = int(settings.pre_edit.max_new_tokens)
+    cache = PreEditCache(cache_root, lalm.fingerprint(), max_new_tokens)
+    return LocalityAnswers(cache, int(settings.pre_edit.batch_size))
+
+
+def train_hypernet(
+    config: HypernetConfig,
+    lalm: Any,
+    train_cases: Sequence[EditCase],
+    val_cases: Sequence[EditCase],
+    settings: DictConfig,
+    context: StageContext,
+    cache_root: Path | None = None,
+) -> TrainedHypernet:
+    """Train from scratch (or resume `settings.ckpt_path`); keep the best validation model."""
+    fingerprint = lalm.fingerprint()
+    module = build_module(config, lalm, settings, context.seed, cache_root)
+    trainer_cfg = stage_trainer_config(context, settings)
+    data = EditCaseDataModule(
+        train_cases,
+        val_cases,
+        cases_per_step=int(settings.cases_per_step),
+        steps=int(trainer_cfg.max_steps),
+        val_batch_size=int(settings.validation.batch_size),
+        rng=context.rng(31),
+    )
+    metrics, best_state = fit_hypernet(module, data, context, settings)
+    training = {
+        "settings": {
+            key: value
+            for key, value in _plain(settings).items()
+            if key in ("cases_per_step", "loss", "pre_edit", "optimizer", "validation", "trainer")
+        },
+        "losses": asdict(module.loss_settings),
+        "train_cases": len(train_cases),
+        "val_cases": len(val_cases),
+        "metrics": metrics,
+    }
+    manifest = expected_manifest(config, module.matrices, fingerprint, training)
+    return TrainedHypernet(manifest, best_state, metrics)
+
+
+def fit_hypernet(
+    module: HypernetModule,
+    data: EditCaseDataModule,
+    context: StageContext,
+    settings: DictConfig,
+) -> tuple[Metrics, dict[str, Tensor]]:
+    """Fit, then return the best validation step's metrics and hypernetwork state.
+
+    Both checkpoints are written after validations: `best-*.ckpt` when the validation loss
+    improves, `last.ckpt` every time (the callback order makes it carry the updated best).
+    """
+    trainer_cfg = stage_trainer_config(context, settings)
+    check_validation_schedule(trainer_cfg)
+    checkpoint_dir = str(context.out_dir / "checkpoints")
+    best = ModelCheckpoint(
+        dirpath=checkpoint_dir, filename="best-{step:06d}", monitor=MONITOR, mode="min"
+    )
+    latest = ModelCheckpoint(dirpath=checkpoint_dir, filename="{step:06d}", save_last=True)
+    clock = WallClock()
+    progress = StepLog(context.name, int(settings.get("progress_every") or 50))
+    callbacks = [NonFiniteLossGuard(), clock, progress, best, latest]
+    logger = lightning_logger(context.logger, context.out_dir, context.name)
+    trainer: pl.Trainer = instantiate(trainer_cfg, callbacks=callbacks, logger=logger)
+    seed_everything(context.seed)
+    with module.lalm.cached_audio_embeddings():
+        module.locality_answers.prefetch(module.lalm, data.planned_cases())
+        trainer.fit(module, datamodule=data, ckpt_path=settings.get("ckpt_path"))
+    stored = torch.load(best.best_model_path, map_location="cpu", weights_only=False)
+    best_step = int(stored["global_step"])
+    state = {key.removeprefix("network."): tensor for key, tensor in stored["state_dict"].items()}
+    metrics: Metrics = {
+        "train/steps": float(trainer.global_step),
+        "train/seconds": clock.seconds,
+        "best/step": float(best_step),
+        **{f"best/val/{k}": v for k, v in module.validation_history[best_step].items()},
+        **{f"last/val/{k}": v for k, v in module.validation_metrics.items()},
+    }
+    if logger:
+        logger.log_metrics(metrics)
+        logger.experiment.finish()
+    return metrics, state
+
+
+def check_validation_schedule(trainer_cfg: DictConfig) -> None:
+    """The last step must be validated, so that the final weights compete for the best."""
+    interval = trainer_cfg.get("val_check_interval")
+    max_steps = int(trainer_cfg.max_steps)
+    if not isinstance(interval, int) or max_steps % interval:
+        raise ValueError(
+            f"hypernetwork training validates every val_check_interval steps and keeps the "
+            f"best: set task.trainer.val_check_interval to a whole number of steps dividing "
+            f"task.trainer.max_steps ({max_steps}), got {interval!r}"
+        )
+
+
+def _plain(settings: DictConfig) -> dict[str, Any]:
+    return OmegaConf.to_container(settings, resolve=True)  # type: ignore[return-value]
