@@ -9,9 +9,12 @@ layouts, and the transformers wrappers agree with the classes' own forward and g
 from __future__ import annotations
 
 import json
+import socket
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import replace
+from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
 
 import numpy as np
@@ -40,12 +43,20 @@ from sake.models.hf_common import (
     HFAudioLALM,
     ModelUnavailableError,
     detect_layout,
+    endpoint_problem,
     pretrained_placement,
 )
 from sake.models.modeling_desta import CheckpointMismatchError, DestaForCausalLM
 from sake.models.qwen2_audio import Qwen2AudioLALM, load_qwen2_audio
+from sake.models.roles import LAYER_ROLE
+from sake.utils.run import run_task
 
-MODEL_CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "model"
+CONFIG_ROOT = Path(__file__).resolve().parents[1] / "configs"
+MODEL_CONFIGS = CONFIG_ROOT / "model"
+METHOD_CONFIGS = CONFIG_ROOT / "method"
+METHOD_MODEL_CONFIGS = CONFIG_ROOT / "method_model"
+FULL_SIZE_LLM_LAYERS = {"desta": 32, "qwen2_audio": 32, "af3": 28}
+EDITING_METHODS = ("ft_llm", "ft_audio", "i_ike", "ie_ike", "unke", "wise", "memit")
 TINY = ("desta_tiny_random", "qwen2_audio_tiny", "af3_tiny")
 HF_TINY = ("qwen2_audio_tiny", "af3_tiny")
 TRANSCRIPT = "the quick brown fox"
@@ -609,3 +620,153 @@ def test_placement_without_accelerate_takes_one_device() -> None:
             pretrained_placement("auto")
     else:
         assert pretrained_placement("auto") == ({"device_map": "auto"}, None)
+
+
+def test_a_silent_hub_is_not_waited_for(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """A hub that accepts connections but never answers: only the (empty) cache is read."""
+    import huggingface_hub.constants
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hub-cache"))
+    with socket.create_server(("127.0.0.1", 0)) as silent:
+        endpoint = f"http://127.0.0.1:{silent.getsockname()[1]}"
+        monkeypatch.setattr(huggingface_hub.constants, "ENDPOINT", endpoint)
+        for name in FULL_SIZE_LLM_LAYERS:
+            cfg = model_config(name)
+            cfg.load.hub_timeout_s = 0.2
+            start = time.perf_counter()
+            with pytest.raises(InstantiationException, match=r"model\.path=") as error:
+                instantiate(cfg.load)
+            assert time.perf_counter() - start < 2.0
+            assert f"the hub at {endpoint} did not answer within 0.2 s" in str(error.value)
+
+
+def test_hub_probe_tells_answering_silent_and_unreachable_endpoints() -> None:
+    with HTTPServer(("127.0.0.1", 0), BaseHTTPRequestHandler) as server:
+        thread = threading.Thread(target=server.handle_request)
+        thread.start()
+        assert endpoint_problem(f"http://127.0.0.1:{server.server_port}", 2.0) is None
+        thread.join()
+    with socket.create_server(("127.0.0.1", 0)) as silent:
+        address = f"http://127.0.0.1:{silent.getsockname()[1]}"
+        assert endpoint_problem(address, 0.2) == "did not answer within 0.2 s"
+    closed = endpoint_problem(address, 0.2)
+    assert closed is not None and closed.startswith("could not be reached (")
+
+
+# ------------------------------------------------------------------ per-model method defaults
+
+
+def layer_index(role: str) -> int:
+    match = LAYER_ROLE.match(role)
+    assert match is not None, role
+    return int(match.group(1))
+
+
+@pytest.mark.parametrize("model", FULL_SIZE_LLM_LAYERS)
+def test_full_size_models_get_sakes_layer_choices(compose_cfg, model: str) -> None:
+    """FT (LLM) on the last layer, KE/MEND on the last three, UnKE / WISE middle to late."""
+    n_layers = FULL_SIZE_LLM_LAYERS[model]
+
+    def method(name: str) -> DictConfig:
+        return compose_cfg("edit", [f"model={model}", f"method={name}"]).method
+
+    assert method("ft_llm").role == f"llm.layer[{n_layers - 1}].mlp"
+    for name in ("ke", "mend"):
+        last_three = [f"llm.layer[{i}].mlp" for i in range(n_layers - 3, n_layers)]
+        assert list(method(name).roles) == last_three
+    assert n_layers // 2 - 1 <= layer_index(method("unke").role) < n_layers
+    wise = method("wise").role
+    assert wise.endswith(".mlp.down_proj")
+    assert 3 * n_layers // 4 <= layer_index(wise) < n_layers - 1
+
+
+def test_specialisation_sets_sakes_values_and_the_command_line_wins(compose_cfg) -> None:
+    wise = compose_cfg("edit", ["model=qwen2_audio", "method=wise"]).method
+    assert (wise.role, wise.lr, wise.steps, wise.norm_constraint) == (
+        "llm.layer[26].mlp.down_proj",
+        1.0,
+        70,
+        1.0,
+    )
+    assert (wise.alpha, wise.beta, wise.gamma, wise.act_ratio) == (5.0, 20.0, 10.0, 0.88)
+    ft = compose_cfg("edit", ["model=af3", "method=ft_llm"]).method
+    assert (ft.role, ft.lr, ft.max_steps) == ("llm.layer[27].mlp", 2e-5, 15)
+    assert compose_cfg("edit", ["model=desta", "method=ft_audio"]).method.lr == 1e-4
+    overridden = compose_cfg(
+        "edit",
+        [
+            "model=qwen2_audio",
+            "method=wise",
+            'method.role="llm.layer[20].mlp.down_proj"',
+            "method.lr=0.5",
+        ],
+    ).method
+    assert (overridden.role, overridden.lr, overridden.steps) == (
+        "llm.layer[20].mlp.down_proj",
+        0.5,
+        70,
+    )
+    mend = compose_cfg("train", ["task=hypernet", "model=af3", "method=mend"]).method
+    assert mend.roles[0] == "llm.layer[25].mlp"
+
+
+def test_the_embedded_model_keeps_each_methods_own_defaults(compose_cfg) -> None:
+    for name in ("ft_llm", "unke", "wise", "memit"):
+        composed = compose_cfg("edit", ["model=desta_tiny", f"method={name}"]).method
+        own = OmegaConf.load(METHOD_CONFIGS / f"{name}.yaml")
+        assert OmegaConf.to_container(composed) == OmegaConf.to_container(own)
+
+
+def test_every_specialisation_overrides_only_fields_of_its_method() -> None:
+    """A file `<method>_<model>.yaml` for a real method and model, setting its method's keys."""
+    methods = {path.stem for path in METHOD_CONFIGS.glob("*.yaml")}
+    models = {path.stem for path in MODEL_CONFIGS.glob("*.yaml")}
+    files = sorted(METHOD_MODEL_CONFIGS.glob("*.yaml"))
+    assert len(files) >= 21
+    for path in files:
+        pairs = [
+            name
+            for name in methods
+            if path.stem.startswith(f"{name}_") and path.stem[len(name) + 1 :] in models
+        ]
+        assert len(pairs) == 1, f"{path.name} names no single method and model"
+        fields = set(OmegaConf.load(METHOD_CONFIGS / f"{pairs[0]}.yaml")) - {"_target_", "name"}
+        assert path.read_text("utf-8").startswith("# @package method\n"), path.name
+        assert set(OmegaConf.load(path)) <= fields, path.name
+
+
+@pytest.mark.parametrize("model", TINY)
+def test_tiny_models_get_layers_they_have(compose_cfg, model: str) -> None:
+    """Every LLM layer a composed method names exists in the tiny model."""
+    sizes = model_config(model).load
+    n_layers = int((sizes.get("llm") or sizes.get("text")).num_hidden_layers)
+    for name in ("ke", "mend", "unke", "wise", "memit"):
+        method = compose_cfg("edit", [f"model={model}", f"method={name}"]).method
+        roles = [*method.get("roles", []), method.get("role", "")]
+        layers = [layer_index(role) for role in roles if LAYER_ROLE.match(role)]
+        layers += list(method.get("layers", []))
+        assert layers and all(-n_layers <= layer < n_layers for layer in layers), (name, layers)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method", EDITING_METHODS)
+@pytest.mark.parametrize("model", TINY)
+def test_edit_entry_point_runs_every_method_on_every_tiny_model(
+    compose_cfg, tiny_corpus: Path, model: str, method: str
+) -> None:
+    cfg = compose_cfg(
+        "edit",
+        [
+            f"model={model}",
+            f"method={method}",
+            "logger=none",
+            f"dataset.root={tiny_corpus}",
+            "dataset.scale=tiny",
+            "dataset.limit=1",
+        ],
+    )
+    metrics = run_task(cfg)
+    assert 0.0 <= metrics["single/reliability"] <= 1.0
+    records = (Path(cfg.paths.output_dir) / "records.jsonl").read_text("utf-8").splitlines()
+    assert len(records) == 1

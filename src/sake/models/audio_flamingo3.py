@@ -22,7 +22,9 @@ import torch
 from torch import Tensor
 
 from sake.models.hf_common import (
+    HUB_ANSWER_TIMEOUT_S,
     HFAudioLALM,
+    HubAccess,
     module_device,
     pretrained_placement,
     resolve_model_dir,
@@ -94,11 +96,18 @@ def load_audio_flamingo3(
     name: str = "af3",
     revision: str | None = None,
     attn_implementation: str | None = None,
+    hub_timeout_s: float = HUB_ANSWER_TIMEOUT_S,
 ) -> AudioFlamingo3LALM:
-    """Audio Flamingo 3 from a local directory or the hub (`model.path`), weights in `dtype`."""
+    """Audio Flamingo 3 from a local directory or the hub (`model.path`), weights in `dtype`.
+
+    A hub that does not answer within `hub_timeout_s` is not waited for: only its local
+    cache is read.
+    """
     from transformers import AudioFlamingo3ForConditionalGeneration, AutoProcessor
 
-    local = resolve_model_dir(path, what="Audio Flamingo 3", revision=revision)
+    local = resolve_model_dir(
+        path, what="Audio Flamingo 3", revision=revision, hub=HubAccess(hub_timeout_s)
+    )
     placement, device = pretrained_placement(device_map)
     processor = AutoProcessor.from_pretrained(str(local))
     if not getattr(processor, "chat_template", None):

@@ -413,6 +413,7 @@ class DestaLALM:
             digest.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}".encode())
             digest.update(tensor_bytes(tensor))
         digest.update(tokenizer_identity(self.tokenizer).encode())
+        digest.update((self.tokenizer.chat_template or "").encode())
         return digest.hexdigest()[:16]
 
     # ---------------------------------------------------------------- internals: text

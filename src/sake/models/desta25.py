@@ -35,7 +35,12 @@ from safetensors import safe_open
 from torch import Tensor, nn
 
 from sake.models.desta import DestaLALM
-from sake.models.hf_common import resolve_model_dir, torch_dtype
+from sake.models.hf_common import (
+    HUB_ANSWER_TIMEOUT_S,
+    HubAccess,
+    resolve_model_dir,
+    torch_dtype,
+)
 from sake.models.mel import LogMelSpectrogram
 from sake.models.modeling_desta import (
     CheckpointMismatchError,
@@ -310,22 +315,27 @@ def load_desta25(
     encoder: Mapping[str, Any] | None = None,
     connector: Mapping[str, Any] | None = None,
     name: str = "desta",
+    hub_timeout_s: float = HUB_ANSWER_TIMEOUT_S,
 ) -> DestaLALM:
     """DeSTA2.5-Audio from local directories or the hub, checked key by key.
 
     `encoder` / `connector` override fields of the full-size sizes (for other releases);
-    the LLM's sizes come from its config.json.
+    the LLM's sizes come from its config.json. A hub that does not answer within
+    `hub_timeout_s` is not waited for: only its local cache is read.
     """
     from transformers import AutoTokenizer
 
+    hub = HubAccess(hub_timeout_s)
     directories = {
         "release": resolve_model_dir(
-            path, what="the DeSTA2.5 connector", allow_patterns=RELEASE_FILES
+            path, what="the DeSTA2.5 connector", allow_patterns=RELEASE_FILES, hub=hub
         ),
         "encoder": resolve_model_dir(
-            encoder_path, what="the Whisper encoder", option=SOURCE_OPTIONS["encoder"]
+            encoder_path, what="the Whisper encoder", option=SOURCE_OPTIONS["encoder"], hub=hub
         ),
-        "llm": resolve_model_dir(llm_path, what="the Llama backbone", option=SOURCE_OPTIONS["llm"]),
+        "llm": resolve_model_dir(
+            llm_path, what="the Llama backbone", option=SOURCE_OPTIONS["llm"], hub=hub
+        ),
     }
     tokenizer = AutoTokenizer.from_pretrained(str(directories["llm"]))
     tokenizer.padding_side = "left"

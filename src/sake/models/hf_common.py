@@ -22,9 +22,12 @@ from __future__ import annotations
 
 import hashlib
 import os
+import urllib.error
+import urllib.request
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -47,11 +50,13 @@ from sake.models.desta import (
 )
 from sake.models.modeling_desta import position_ids_from_attention_mask
 from sake.models.roles import ModuleMap
+from sake.models.tokenizer import tokenizer_identity
 
 PATH_OPTION = "model.path"
 HUB_FILE_PATTERNS = ("*.json", "*.jinja", "*.txt", "*.model", "*.tiktoken", "*.safetensors")
 IGNORED_HUB_FILES = ("original/*", "*.fp32*")
 HUB_ETAG_TIMEOUT_S = 10.0
+HUB_ANSWER_TIMEOUT_S = 5.0
 ACCELERATE_FREE_DEVICE_MAPS = ("cpu", "cuda", "mps")
 AUDIO_WINDOW_CHUNK = 16
 
@@ -72,6 +77,66 @@ def hub_offline() -> bool:
     return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in {"1", "true", "yes", "on"}
 
 
+def hub_endpoint() -> str:
+    """The hub's address (`HF_ENDPOINT`, https://huggingface.co by default)."""
+    from huggingface_hub import constants
+
+    return str(constants.ENDPOINT)
+
+
+def first_line(error: BaseException) -> str:
+    """The first line of an error's message, or its type's name when it has none."""
+    text = str(error)
+    return text.splitlines()[0] if text else type(error).__name__
+
+
+def endpoint_problem(endpoint: str, timeout_s: float) -> str | None:
+    """Why `endpoint` gives no HTTP answer to a HEAD request, or None when it answers at all.
+
+    `timeout_s` bounds each network step; proxies from the environment apply, as they do for
+    the hub client.
+    """
+    request = urllib.request.Request(endpoint, method="HEAD")
+    try:
+        with urllib.request.urlopen(request, timeout=timeout_s):
+            return None
+    except urllib.error.HTTPError:
+        return None
+    except urllib.error.URLError as error:
+        reason = error.reason
+        if isinstance(reason, TimeoutError):
+            return f"did not answer within {timeout_s:g} s"
+        return f"could not be reached ({reason})"
+    except TimeoutError:
+        return f"did not answer within {timeout_s:g} s"
+    except (OSError, ValueError) as error:
+        return f"could not be reached ({first_line(error)})"
+
+
+class HubAccess:
+    """Whether a load may ask the Hugging Face Hub or must read its local cache only.
+
+    Decided once, at the first hub id a load resolves: `HF_HUB_OFFLINE=1`, or a hub that
+    cannot be reached or does not answer within `timeout_s`, means cache only. The probe
+    exists because the hub client waits without a time limit on a network that silently drops
+    connections.
+    """
+
+    def __init__(self, timeout_s: float = HUB_ANSWER_TIMEOUT_S) -> None:
+        if timeout_s <= 0:
+            raise ValueError(f"the hub timeout must be positive, got {timeout_s}")
+        self.timeout_s = timeout_s
+
+    @cached_property
+    def cache_only_reason(self) -> str | None:
+        """Why only the local cache may be read; None when the hub answers."""
+        if hub_offline():
+            return "HF_HUB_OFFLINE is set"
+        endpoint = hub_endpoint()
+        problem = endpoint_problem(endpoint, self.timeout_s)
+        return None if problem is None else f"the hub at {endpoint} {problem}"
+
+
 def looks_like_local_path(path: str) -> bool:
     """A hub id is `name` or `owner/name`; anything else that names a place is a local path."""
     return path.startswith(("/", ".", "~")) or "\\" in path or path.count("/") > 1
@@ -85,11 +150,12 @@ def resolve_model_dir(
     allow_patterns: Sequence[str] = HUB_FILE_PATTERNS,
     ignore_patterns: Sequence[str] = IGNORED_HUB_FILES,
     revision: str | None = None,
+    hub: HubAccess | None = None,
 ) -> Path:
     """A local directory with the model's files: `path` itself, or its hub snapshot.
 
     Fails at once, naming `option`, when `path` is a missing local path or the hub can neither
-    serve nor has cached it (with `HF_HUB_OFFLINE=1` only the cache is consulted).
+    serve nor has cached it (when `hub` says cache only, only the cache is consulted).
     """
     text = str(path)
     local = Path(text).expanduser()
@@ -102,20 +168,21 @@ def resolve_model_dir(
         )
     from huggingface_hub import snapshot_download
 
+    cache_only = (hub or HubAccess()).cache_only_reason
     try:
         snapshot = snapshot_download(
             repo_id=text,
             revision=revision,
             allow_patterns=list(allow_patterns),
             ignore_patterns=list(ignore_patterns),
-            local_files_only=hub_offline(),
+            local_files_only=cache_only is not None,
             etag_timeout=HUB_ETAG_TIMEOUT_S,
         )
     except (OSError, ValueError) as error:
-        reason = "HF_HUB_OFFLINE is set and it is not cached" if hub_offline() else str(error)
+        reason = f"{cache_only} and it is not in the hub cache" if cache_only else first_line(error)
         raise ModelUnavailableError(
             f"cannot load {what}: {text!r} is not a local directory and the Hugging Face Hub "
-            f"cannot provide it ({reason.splitlines()[0] if reason else type(error).__name__}). "
+            f"cannot provide it ({reason}). "
             f"Download it where the hub is reachable and set {option}=<local directory>"
         ) from error
     return Path(snapshot)
@@ -666,7 +733,7 @@ class HFAudioLALM:
         for name, tensor in sorted(self._model.state_dict().items()):
             digest.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}".encode())
             digest.update(tensor_bytes(tensor))
-        digest.update(self.tokenizer.backend_tokenizer.to_str().encode())
+        digest.update(tokenizer_identity(self.tokenizer).encode())
         digest.update(self.chat_template.encode())
         return digest.hexdigest()[:16]
 

@@ -21,7 +21,9 @@ import torch
 from torch import Tensor
 
 from sake.models.hf_common import (
+    HUB_ANSWER_TIMEOUT_S,
     HFAudioLALM,
+    HubAccess,
     module_device,
     pretrained_placement,
     resolve_model_dir,
@@ -62,11 +64,18 @@ def load_qwen2_audio(
     name: str = "qwen2_audio",
     revision: str | None = None,
     attn_implementation: str | None = None,
+    hub_timeout_s: float = HUB_ANSWER_TIMEOUT_S,
 ) -> Qwen2AudioLALM:
-    """Qwen2-Audio from a local directory or the hub (`model.path`), weights in `dtype`."""
+    """Qwen2-Audio from a local directory or the hub (`model.path`), weights in `dtype`.
+
+    A hub that does not answer within `hub_timeout_s` is not waited for: only its local
+    cache is read.
+    """
     from transformers import AutoProcessor, Qwen2AudioForConditionalGeneration
 
-    local = resolve_model_dir(path, what="Qwen2-Audio", revision=revision)
+    local = resolve_model_dir(
+        path, what="Qwen2-Audio", revision=revision, hub=HubAccess(hub_timeout_s)
+    )
     placement, device = pretrained_placement(device_map)
     processor = AutoProcessor.from_pretrained(str(local))
     extra = {} if attn_implementation is None else {"attn_implementation": attn_implementation}

@@ -79,7 +79,7 @@ def special_token_ids(tokenizer: PreTrainedTokenizerFast) -> dict[str, int]:
 
 
 def tokenizer_identity(tokenizer: PreTrainedTokenizerBase) -> str:
-    """The tokenizer's serialised vocabulary, rules and chat template, for fingerprints.
+    """The tokenizer's serialised vocabulary and rules, for fingerprints.
 
     The serialisation also holds the padding and truncation state left by the latest call,
     which would make the same tokenizer hash differently after a padded batch; it is dropped.
@@ -87,4 +87,4 @@ def tokenizer_identity(tokenizer: PreTrainedTokenizerBase) -> str:
     state = json.loads(tokenizer.backend_tokenizer.to_str())
     state.pop("padding", None)
     state.pop("truncation", None)
-    return json.dumps(state, sort_keys=True) + (tokenizer.chat_template or "")
+    return json.dumps(state, sort_keys=True)
