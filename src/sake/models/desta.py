@@ -72,6 +72,7 @@ from sake.models.tokenizer import (
     PAD,
     load_tokenizer,
     special_token_ids,
+    target_row,
     tokenizer_identity,
 )
 
@@ -458,37 +459,9 @@ class DestaLALM:
         return "".join(self.audio_span_text(Path(clip)) for clip in clips) + "\n" + text
 
     def _target_row(self, prompt: str, target: str) -> tuple[list[int], int, int]:
-        """Ids of prompt + target + end-of-turn tokenised as one text, and the target's length.
-
-        Raises ValueError when the target's tokens inside the sequence differ from the target
-        tokenised alone (a token straddling the prompt/target boundary, or a different split).
-        """
+        """Ids of prompt + target + end-of-turn, the target's and the end's lengths (checked)."""
         self._checked_text(target, "target")
-        if not target:
-            raise ValueError("targets must be non-empty")
-        start, stop = len(prompt), len(prompt) + len(target)
-        encoded = self.tokenizer(
-            prompt + target + self._end_of_turn,
-            add_special_tokens=False,
-            return_offsets_mapping=True,
-        )
-        ids, offsets = encoded["input_ids"], encoded["offset_mapping"]
-        inside = [k for k, (begin, end) in enumerate(offsets) if begin < stop and end > start]
-        in_context = [ids[k] for k in inside]
-        alone = self._token_ids(target)
-        aligned = (
-            bool(inside)
-            and offsets[inside[0]][0] == start
-            and offsets[inside[-1]][1] == stop
-            and ids[: inside[0]] == self._token_ids(prompt)
-            and ids[inside[-1] + 1 :] == self._end_ids
-        )
-        if not aligned or in_context != alone:
-            raise ValueError(
-                f"target {target!r} tokenises differently inside the chat sequence: "
-                f"in context {in_context}, alone {alone}"
-            )
-        return ids, len(alone), len(self._end_ids)
+        return target_row(self.tokenizer, prompt, target, self._end_of_turn, self._end_ids)
 
     def _target_rows(
         self, batch: Batch, targets: Sequence[str]

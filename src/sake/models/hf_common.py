@@ -50,7 +50,7 @@ from sake.models.desta import (
 )
 from sake.models.modeling_desta import position_ids_from_attention_mask
 from sake.models.roles import ModuleMap
-from sake.models.tokenizer import tokenizer_identity
+from sake.models.tokenizer import target_row, tokenizer_identity
 
 PATH_OPTION = "model.path"
 HUB_FILE_PATTERNS = ("*.json", "*.jinja", "*.txt", "*.model", "*.tiktoken", "*.safetensors")
@@ -348,39 +348,6 @@ def left_pad(rows: Sequence[Sequence[int]], pad_id: int) -> tuple[Tensor, Tensor
             ids[index, width - len(row) :] = torch.tensor(list(row), dtype=torch.long)
             mask[index, width - len(row) :] = 1
     return ids, mask
-
-
-def target_row(
-    tokenizer: Any, prompt: str, target: str, end_text: str, end_ids: Sequence[int]
-) -> tuple[list[int], int, int]:
-    """Ids of prompt + target + end-of-turn tokenised as one text, the target's and end's lengths.
-
-    Raises ValueError when the target's tokens inside the sequence differ from the target
-    tokenised alone (a token straddling the prompt/target boundary, or a different split).
-    """
-    if not target:
-        raise ValueError("targets must be non-empty")
-    start, stop = len(prompt), len(prompt) + len(target)
-    encoded = tokenizer(
-        prompt + target + end_text, add_special_tokens=False, return_offsets_mapping=True
-    )
-    ids, offsets = list(encoded["input_ids"]), encoded["offset_mapping"]
-    inside = [k for k, (begin, end) in enumerate(offsets) if begin < stop and end > start]
-    in_context = [ids[k] for k in inside]
-    alone = tokenizer(target, add_special_tokens=False)["input_ids"]
-    aligned = (
-        bool(inside)
-        and offsets[inside[0]][0] == start
-        and offsets[inside[-1]][1] == stop
-        and ids[: inside[0]] == tokenizer(prompt, add_special_tokens=False)["input_ids"]
-        and ids[inside[-1] + 1 :] == list(end_ids)
-    )
-    if not aligned or in_context != alone:
-        raise ValueError(
-            f"target {target!r} tokenises differently inside the chat sequence: "
-            f"in context {in_context}, alone {alone}"
-        )
-    return ids, len(alone), len(end_ids)
 
 
 def expand_placeholders(text: str, placeholder: str, counts: Sequence[int]) -> str:

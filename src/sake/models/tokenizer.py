@@ -8,8 +8,9 @@ chat message becomes exactly one token per marker.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from pathlib import Path
+from typing import Any
 
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 from transformers import PreTrainedTokenizerBase, PreTrainedTokenizerFast
@@ -88,3 +89,36 @@ def tokenizer_identity(tokenizer: PreTrainedTokenizerBase) -> str:
     state.pop("padding", None)
     state.pop("truncation", None)
     return json.dumps(state, sort_keys=True)
+
+
+def target_row(
+    tokenizer: Any, prompt: str, target: str, end_text: str, end_ids: Sequence[int]
+) -> tuple[list[int], int, int]:
+    """Ids of prompt + target + end-of-turn tokenised as one text, the target's and end's lengths.
+
+    Raises ValueError when the target's tokens inside the sequence differ from the target
+    tokenised alone (a token straddling the prompt/target boundary, or a different split).
+    """
+    if not target:
+        raise ValueError("targets must be non-empty")
+    start, stop = len(prompt), len(prompt) + len(target)
+    encoded = tokenizer(
+        prompt + target + end_text, add_special_tokens=False, return_offsets_mapping=True
+    )
+    ids, offsets = list(encoded["input_ids"]), encoded["offset_mapping"]
+    inside = [k for k, (begin, end) in enumerate(offsets) if begin < stop and end > start]
+    in_context = [ids[k] for k in inside]
+    alone = tokenizer(target, add_special_tokens=False)["input_ids"]
+    aligned = (
+        bool(inside)
+        and offsets[inside[0]][0] == start
+        and offsets[inside[-1]][1] == stop
+        and ids[: inside[0]] == tokenizer(prompt, add_special_tokens=False)["input_ids"]
+        and ids[inside[-1] + 1 :] == list(end_ids)
+    )
+    if not aligned or in_context != alone:
+        raise ValueError(
+            f"target {target!r} tokenises differently inside the chat sequence: "
+            f"in context {in_context}, alone {alone}"
+        )
+    return ids, len(alone), len(end_ids)
