@@ -11,6 +11,10 @@ from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, open_dict
 
+from lalm_fixtures import edit_release, make_lalm, make_tokenizer
+from sake.data.readers import SakeRelease
+from sake.data.schema import EditCase
+from sake.models.desta import DestaLALM
 from sake.utils.resolvers import register_resolvers
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -63,3 +67,20 @@ def tiny_corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("sake_synth_tiny")
     build_synthetic_release(out, resolve_scale("tiny"), seed=0, workers=2, progress=False)
     return out
+
+
+@pytest.fixture(scope="module")
+def release(tmp_path_factory: pytest.TempPathFactory) -> SakeRelease:
+    """A small edit release with audio on disk, one per test module."""
+    return edit_release(tmp_path_factory.mktemp("release"))
+
+
+@pytest.fixture(scope="module")
+def lalm(release: SakeRelease) -> DestaLALM:
+    """A tiny random DeSTA-architecture model with a tokenizer trained on `release`."""
+    return make_lalm(make_tokenizer(release))
+
+
+@pytest.fixture
+def case(release: SakeRelease) -> EditCase:
+    return release.splits["test"][0]

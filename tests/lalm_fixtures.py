@@ -13,6 +13,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+import torch
 from transformers import PreTrainedTokenizerFast
 
 from fixtures_data import make_case, tiny_release, write_tiny_audio
@@ -136,3 +137,13 @@ class FileTracker(NullTracker):
 
     def finish(self) -> None:
         self.path.write_text(json.dumps(self.logged))
+
+
+def parameters(lalm: DestaLALM) -> dict[str, torch.Tensor]:
+    """A copy of every parameter, to compare with after an edit and its restore."""
+    return {name: p.detach().clone() for name, p in lalm.model.named_parameters()}
+
+
+def assert_unchanged(lalm: DestaLALM, before: dict[str, torch.Tensor]) -> None:
+    differing = [n for n, p in lalm.model.named_parameters() if not torch.equal(p, before[n])]
+    assert differing == []

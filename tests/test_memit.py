@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from lalm_fixtures import edit_release, make_lalm, make_tokenizer
+from lalm_fixtures import assert_unchanged, parameters
 from sake.data.readers import SakeRelease
 from sake.data.schema import EditCase
 from sake.data.schema import Sequence as EditSequence
@@ -22,33 +22,9 @@ from sake.runner import EditRunner, EvalSettings, PreEditCache
 torch.set_num_threads(1)
 
 
-@pytest.fixture(scope="module")
-def release(tmp_path_factory: pytest.TempPathFactory) -> SakeRelease:
-    return edit_release(tmp_path_factory.mktemp("release"))
-
-
-@pytest.fixture(scope="module")
-def lalm(release: SakeRelease) -> DestaLALM:
-    return make_lalm(make_tokenizer(release))
-
-
-@pytest.fixture
-def case(release: SakeRelease) -> EditCase:
-    return release.splits["test"][0]
-
-
 def memit(stats_dir: Path | None = None, lam: float = 1.0, **fields: object) -> MemitEditor:
     settings = {"layers": (0,), "lam": lam, "v_steps": 5, "stats_dir": stats_dir, **fields}
     return MemitEditor(MemitConfig(name="memit", **settings))
-
-
-def parameters(lalm: DestaLALM) -> dict[str, torch.Tensor]:
-    return {name: p.detach().clone() for name, p in lalm.model.named_parameters()}
-
-
-def assert_unchanged(lalm: DestaLALM, before: dict[str, torch.Tensor]) -> None:
-    differing = [n for n, p in lalm.model.named_parameters() if not torch.equal(p, before[n])]
-    assert differing == []
 
 
 # --------------------------------------------------------------------------- closed form

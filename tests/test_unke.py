@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from lalm_fixtures import edit_release, make_lalm, make_tokenizer
+from lalm_fixtures import assert_unchanged, parameters
 from sake.data.readers import SakeRelease
 from sake.data.schema import EditCase
 from sake.data.schema import Sequence as EditSequence
@@ -33,33 +33,9 @@ torch.set_num_threads(1)
 LAYER = "llm.layer[0]"
 
 
-@pytest.fixture(scope="module")
-def release(tmp_path_factory: pytest.TempPathFactory) -> SakeRelease:
-    return edit_release(tmp_path_factory.mktemp("release"))
-
-
-@pytest.fixture(scope="module")
-def lalm(release: SakeRelease) -> DestaLALM:
-    return make_lalm(make_tokenizer(release))
-
-
-@pytest.fixture
-def case(release: SakeRelease) -> EditCase:
-    return release.splits["test"][0]
-
-
 def unke(**fields: object) -> UnkeEditor:
     settings = {"role": LAYER, "delta_steps": 5, "layer_steps": 20, "layer_lr": 1e-2, **fields}
     return UnkeEditor(UnkeConfig(name="unke", **settings))
-
-
-def parameters(lalm: DestaLALM) -> dict[str, torch.Tensor]:
-    return {name: p.detach().clone() for name, p in lalm.model.named_parameters()}
-
-
-def assert_unchanged(lalm: DestaLALM, before: dict[str, torch.Tensor]) -> None:
-    differing = [n for n, p in lalm.model.named_parameters() if not torch.equal(p, before[n])]
-    assert differing == []
 
 
 # --------------------------------------------------------------------------- hooks

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from lalm_fixtures import edit_release, make_lalm, make_tokenizer
+from lalm_fixtures import assert_unchanged, parameters
 from sake.data.readers import SakeRelease
 from sake.data.schema import EditCase
 from sake.data.schema import Sequence as EditSequence
@@ -31,21 +31,6 @@ torch.set_num_threads(1)
 ROLE = "llm.layer[0].mlp.down_proj"
 
 
-@pytest.fixture(scope="module")
-def release(tmp_path_factory: pytest.TempPathFactory) -> SakeRelease:
-    return edit_release(tmp_path_factory.mktemp("release"))
-
-
-@pytest.fixture(scope="module")
-def lalm(release: SakeRelease) -> DestaLALM:
-    return make_lalm(make_tokenizer(release))
-
-
-@pytest.fixture
-def case(release: SakeRelease) -> EditCase:
-    return release.splits["test"][0]
-
-
 def wise(**fields: object) -> WiseEditor:
     settings = {
         "role": ROLE,
@@ -65,15 +50,6 @@ def prepared(lalm: DestaLALM, release: SakeRelease, **fields: object) -> WiseEdi
     editor = wise(**fields)
     editor.prepare(lalm, release.splits["train"])
     return editor
-
-
-def parameters(lalm: DestaLALM) -> dict[str, torch.Tensor]:
-    return {name: p.detach().clone() for name, p in lalm.model.named_parameters()}
-
-
-def assert_unchanged(lalm: DestaLALM, before: dict[str, torch.Tensor]) -> None:
-    differing = [n for n, p in lalm.model.named_parameters() if not torch.equal(p, before[n])]
-    assert differing == []
 
 
 def no_hooks(lalm: DestaLALM) -> bool:
