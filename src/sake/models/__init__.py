@@ -1,12 +1,13 @@
 """LALMs behind one interface: the DeSTA-architecture model and wrappers of real LALMs."""
 
-from sake.models.base import LALM, Batch, Turn
+from sake.models.base import LALM, Batch, Generation, Turn
 from sake.models.hf_common import HFAudioLALM, ModelUnavailableError, ModuleLayout, detect_layout
 from sake.models.roles import ModuleMap, ResolvedRole
 
 __all__ = [
     "LALM",
     "Batch",
+    "Generation",
     "HFAudioLALM",
     "ModelUnavailableError",
     "ModuleLayout",

@@ -53,6 +53,18 @@ class Batch:
         return self.input_ids.device
 
 
+@dataclass(frozen=True)
+class Generation:
+    """Greedy answers of a batch and the logits that chose each answer's first token.
+
+    `first_logits` is (batch, vocab) float32 on the CPU: the next-token distribution at the
+    answer position, as `LALM.next_token_logits` gives it up to float rounding.
+    """
+
+    texts: list[str]
+    first_logits: Tensor
+
+
 @runtime_checkable
 class LALM(Protocol):
     """What methods and evaluators may rely on."""
@@ -71,6 +83,10 @@ class LALM(Protocol):
     ) -> Batch: ...
 
     def generate(self, batch: Batch, max_new_tokens: int) -> list[str]: ...
+
+    def generate_scored(self, batch: Batch, max_new_tokens: int) -> Generation:
+        """`generate`, plus the logits of every answer's first token from the same pass."""
+        ...
 
     def target_nll(self, batch: Batch, targets: Sequence[str]) -> Tensor:
         """Mean teacher-forced NLL per target token, one value per row, differentiable."""

@@ -50,7 +50,7 @@ from transformers import PreTrainedTokenizerFast
 
 from sake.data.audio import read_audio
 from sake.data.schema import Probe
-from sake.models.base import Batch, Turn
+from sake.models.base import Batch, Generation, Turn
 from sake.models.modeling_desta import (
     LLM_LAYERS_NAME,
     ROLE_MODULE_NAMES,
@@ -312,10 +312,14 @@ class DestaLALM:
 
     def generate(self, batch: Batch, max_new_tokens: int) -> list[str]:
         """Greedy answers for the whole batch in one call, cut at the end of the turn."""
+        return self.generate_scored(batch, max_new_tokens).texts
+
+    def generate_scored(self, batch: Batch, max_new_tokens: int) -> Generation:
+        """`generate`, plus the logits of every answer's first token from the same pass."""
         if max_new_tokens < 1:
             raise ValueError(f"max_new_tokens must be at least 1, got {max_new_tokens}")
         with torch.no_grad():
-            new_tokens = self._model.generate(
+            new_tokens, first_logits = self._model.generate_scored(
                 batch.input_ids,
                 batch.attention_mask,
                 max_new_tokens=max_new_tokens,
@@ -323,7 +327,8 @@ class DestaLALM:
                 pad_token_id=self._pad_id,
                 audio_embeds=self._batch_audio(batch, grad=False),
             )
-        return [answer_text(self.tokenizer, row, self._stop_ids) for row in new_tokens.tolist()]
+        texts = [answer_text(self.tokenizer, row, self._stop_ids) for row in new_tokens.tolist()]
+        return Generation(texts, first_logits.float().cpu())
 
     def next_token_logits(self, batch: Batch) -> Tensor:
         """(batch, vocab) float32 logits of the answer's first token."""

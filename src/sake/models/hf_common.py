@@ -37,7 +37,7 @@ from torch import Tensor, nn
 
 from sake.data.audio import read_audio
 from sake.data.schema import Probe
-from sake.models.base import Batch, Turn
+from sake.models.base import Batch, Generation, Turn
 from sake.models.desta import (
     DEFAULT_AUDIO_CACHE_CLIPS,
     IGNORE_INDEX,
@@ -388,8 +388,9 @@ def greedy_decode(
     max_new_tokens: int,
     stop_ids: Sequence[int],
     pad_id: int,
-) -> Tensor:
-    """Greedy continuation of a left-padded batch with a KV cache: (batch, new tokens).
+) -> tuple[Tensor, Tensor]:
+    """Greedy continuation of a left-padded batch with a KV cache: (batch, new tokens), and
+    the (batch, vocab) logits of the first step.
 
     Rows that emitted a stop token continue with `pad_id`; the loop ends when every row has
     stopped or after `max_new_tokens` tokens.
@@ -403,10 +404,9 @@ def greedy_decode(
     )
     stops = torch.tensor(list(stop_ids), device=inputs_embeds.device)
     finished = torch.zeros(len(mask), dtype=torch.bool, device=inputs_embeds.device)
+    first_logits = logits = _last_position_logits(output, lm_head, inputs_embeds.device)
     tokens: list[Tensor] = []
     for step in range(max_new_tokens):
-        hidden = output.last_hidden_state[:, -1:]
-        logits = lm_head(hidden.to(module_device(lm_head)))[:, -1].to(inputs_embeds.device)
         chosen = logits.argmax(dim=-1).masked_fill(finished, pad_id)
         tokens.append(chosen)
         finished |= torch.isin(chosen, stops)
@@ -421,7 +421,13 @@ def greedy_decode(
             past_key_values=output.past_key_values,
             use_cache=True,
         )
-    return torch.stack(tokens, dim=1)
+        logits = _last_position_logits(output, lm_head, inputs_embeds.device)
+    return torch.stack(tokens, dim=1), first_logits
+
+
+def _last_position_logits(output: Any, lm_head: nn.Module, device: torch.device) -> Tensor:
+    hidden = output.last_hidden_state[:, -1:]
+    return lm_head(hidden.to(module_device(lm_head)))[:, -1].to(device)
 
 
 # --------------------------------------------------------------------------- the wrapper
@@ -579,11 +585,15 @@ class HFAudioLALM:
 
     def generate(self, batch: Batch, max_new_tokens: int) -> list[str]:
         """Greedy answers for the whole batch in one call, cut at the end of the turn."""
+        return self.generate_scored(batch, max_new_tokens).texts
+
+    def generate_scored(self, batch: Batch, max_new_tokens: int) -> Generation:
+        """`generate`, plus the logits of every answer's first token from the same pass."""
         if max_new_tokens < 1:
             raise ValueError(f"max_new_tokens must be at least 1, got {max_new_tokens}")
         with torch.no_grad():
             inputs_embeds = self._inputs_embeds(batch.input_ids, batch, grad=False)
-            new_tokens = greedy_decode(
+            new_tokens, first_logits = greedy_decode(
                 self._decoder,
                 self._embed,
                 self._lm_head,
@@ -593,7 +603,8 @@ class HFAudioLALM:
                 stop_ids=self._stop_ids,
                 pad_id=self._pad_id,
             )
-        return [answer_text(self.tokenizer, row, self._stop_ids) for row in new_tokens.tolist()]
+        texts = [answer_text(self.tokenizer, row, self._stop_ids) for row in new_tokens.tolist()]
+        return Generation(texts, first_logits.float().cpu())
 
     def next_token_logits(self, batch: Batch) -> Tensor:
         """(batch, vocab) float32 logits of the answer's first token."""

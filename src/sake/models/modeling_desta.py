@@ -51,7 +51,15 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import Tensor, nn
-from transformers import BertConfig, DynamicCache, LlamaConfig, LlamaForCausalLM, WhisperConfig
+from transformers import (
+    BertConfig,
+    DynamicCache,
+    LlamaConfig,
+    LlamaForCausalLM,
+    LogitsProcessor,
+    LogitsProcessorList,
+    WhisperConfig,
+)
 from transformers.modeling_outputs import CausalLMOutputWithPast
 from transformers.models.bert.modeling_bert import BertEncoder
 from transformers.models.whisper.modeling_whisper import WhisperEncoder
@@ -536,6 +544,35 @@ class DestaForCausalLM(nn.Module):
         audio_embeds: Tensor | None = None,
     ) -> Tensor:
         """Greedy continuation of a left-padded batch: (batch, new tokens), pads after EOS."""
+        return self.generate_scored(
+            input_ids,
+            attention_mask,
+            max_new_tokens=max_new_tokens,
+            eos_token_id=eos_token_id,
+            pad_token_id=pad_token_id,
+            input_features=input_features,
+            feature_mask=feature_mask,
+            audio_embeds=audio_embeds,
+        )[0]
+
+    @torch.no_grad()
+    def generate_scored(
+        self,
+        input_ids: Tensor,
+        attention_mask: Tensor,
+        *,
+        max_new_tokens: int,
+        eos_token_id: int | Sequence[int],
+        pad_token_id: int,
+        input_features: Tensor | None = None,
+        feature_mask: Tensor | None = None,
+        audio_embeds: Tensor | None = None,
+    ) -> tuple[Tensor, Tensor]:
+        """`generate`'s new tokens and the (batch, vocab) logits that chose the first of them.
+
+        The first step's logits are the next-token distribution at the answer position, which
+        evaluation would otherwise compute again in a separate forward pass.
+        """
         if bool((attention_mask[:, -1] == 0).any()):
             raise ValueError("generate needs left padding: a row ends with a padded position")
         audio_embeds = self._resolve_audio(input_features, feature_mask, audio_embeds)
@@ -545,7 +582,8 @@ class DestaForCausalLM(nn.Module):
         cache = None
         if shared:
             embeds, attention_mask, cache = self._prefix_cached(embeds, attention_mask, shared)
-        return self.llm_model.generate(
+        first_step = FirstStepScores()
+        new_tokens = self.llm_model.generate(
             inputs_embeds=embeds,
             attention_mask=attention_mask,
             past_key_values=cache,
@@ -554,7 +592,9 @@ class DestaForCausalLM(nn.Module):
             num_beams=1,
             eos_token_id=eos,
             pad_token_id=pad_token_id,
+            logits_processor=LogitsProcessorList([first_step]),
         )
+        return new_tokens, first_step.scores
 
     def trailing_logits(
         self, input_ids: Tensor, attention_mask: Tensor, audio_embeds: Tensor | None, keep: int
@@ -690,6 +730,29 @@ class DestaForCausalLM(nn.Module):
             _TRAINABLE_METADATA_KEY: json.dumps(prefixes),
         }
         save_file(tensors, str(path), metadata=metadata)
+
+
+class FirstStepScores(LogitsProcessor):
+    """Keeps the scores of the first generation step and changes nothing.
+
+    Greedy decoding without other processors scores with the raw logits, so these are the
+    next-token logits at the answer position; keeping one step, rather than asking
+    `generate` for every step's logits, bounds the memory at (batch, vocab).
+    """
+
+    def __init__(self) -> None:
+        self._scores: Tensor | None = None
+
+    def __call__(self, input_ids: Tensor, scores: Tensor) -> Tensor:
+        if self._scores is None:
+            self._scores = scores.clone()
+        return scores
+
+    @property
+    def scores(self) -> Tensor:
+        if self._scores is None:
+            raise RuntimeError("generation ended before its first step was scored")
+        return self._scores
 
 
 class CheckpointMismatchError(RuntimeError):
