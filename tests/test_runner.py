@@ -35,6 +35,9 @@ from sake.utils.run import run_task
 torch.set_num_threads(1)
 
 MAX_NEW_TOKENS = 3
+# Pre- and post-edit distributions come from differently padded batches, so an unchanged model
+# shows float rounding, not exactly zero.
+NOISE_KL = 1e-6
 
 
 @pytest.fixture(scope="module")
@@ -184,9 +187,9 @@ def test_pre_edit_outputs_are_generated_once_per_model(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     calls = []
-    generate = lalm.generate
+    generate = lalm.generate_scored
     monkeypatch.setattr(
-        lalm, "generate", lambda batch, n: calls.append(len(batch)) or generate(batch, n)
+        lalm, "generate_scored", lambda batch, n: calls.append(len(batch)) or generate(batch, n)
     )
     cases = release.splits["test"]
     probes = sum(len(list(c.probes())) for c in cases)
@@ -224,7 +227,7 @@ def test_ft_audio_keeps_every_text_only_answer(
     audio = [p for r in records for p in r["probes"] if p["audio"] is not None]
     assert any(p["post_output"] != p["pre_output"] for p in audio)
     text_locality = [p["specificity"] for p in text if p["kind"] == "locality_text"]
-    assert text_locality and all(s["kl"] == 0.0 and s["top1"] == 100.0 for s in text_locality)
+    assert text_locality and all(s["kl"] < NOISE_KL and s["top1"] == 100.0 for s in text_locality)
     assert any(p["specificity"]["kl"] > 0 for p in audio if p["kind"] == "locality_audio")
 
 
@@ -283,12 +286,13 @@ def test_an_unchanged_model_scores_zero_kl_and_full_overlap(
     assert len(scores) == sum(len(c.locality_audio) + 1 for c in cases)
     for score in scores:
         assert set(score) == set(SPECIFICITY_METRICS)
-        assert score["kl"] == 0.0
+        assert score["kl"] < NOISE_KL  # both sides come from differently padded batches
         assert score["top1"] == score["top5"] == score["top10"] == 100.0
     edit_probes = [p for r in records for p in r["probes"] if "locality" not in p["kind"]]
     assert not any("specificity" in p for p in edit_probes)
     metrics = single_metrics(records)
-    assert metrics["single/locality/kl"] == metrics["single/Animal/locality_text/kl"] == 0.0
+    assert metrics["single/locality/kl"] < NOISE_KL
+    assert metrics["single/Animal/locality_text/kl"] < NOISE_KL
     assert metrics["single/locality_audio/type2/top5"] == metrics["single/locality/top10"] == 100.0
     assert "single/locality/c_acc" in metrics and "single/locality_audio/s_acc" in metrics
     assert runner.timings.seconds["specificity"] > 0
@@ -381,7 +385,7 @@ def test_sequential_specificity_is_measured_against_the_original_model(
     sequence = release.sequences[1]
     unchanged_run = make(Unchanging(), tmp_path / "none", cache=None, protocol="sequential")
     assert all(
-        s["kl"] == 0.0 and s["top10"] == 100.0
+        s["kl"] < NOISE_KL and s["top10"] == 100.0
         for s in locality_scores(unchanged_run.run_sequential([sequence]))
     )
     records = make(FirstOnly(), tmp_path / "first", cache=None, protocol="sequential")
@@ -389,9 +393,9 @@ def test_sequential_specificity_is_measured_against_the_original_model(
     assert unchanged(lalm, before)
     # edit 1 changes nothing, yet its scores show the first edit: the reference is the original
     later = [r for r in records if r["edit_index"] == 1 and r["gap"] == 0]
-    assert later and all(s["kl"] > 0 for s in locality_scores(later))
+    assert later and all(s["kl"] > 100 * NOISE_KL for s in locality_scores(later))
     metrics = sequential_metrics(records)
-    assert metrics["sequential/locality/kl/gap0"] > 0
+    assert metrics["sequential/locality/kl/gap0"] > 100 * NOISE_KL
     assert {f"sequential/locality_audio/top1/gap{g}" for g in range(6)} <= metrics.keys()
     assert metrics["sequential/edit/regularizer/mean"] == 1.0
 

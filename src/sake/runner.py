@@ -13,16 +13,16 @@ step, edit); the model is restored at the end of each sequence.
 
 Every record keeps what the editor reported about its edit (`record["edit"]["extras"]`, e.g.
 MEMIT's regularizer per layer) and, on each locality probe, the GT-free and GT-based
-specificity scores (`probe["specificity"]`, see `sake.evaluation.specificity`). Their pre-edit
-side, the next-token distributions of the unedited model, is computed once per run: for each
-case right before its edit, and in sequential editing for every evaluated case before the
-sequence's first edit, so every step is compared with the original model. They stay in memory
-only, since a vocabulary-sized row per probe costs more to store than one forward pass to
-recompute; both sides run over the same batches, so an unchanged model scores exactly KL 0 and
-100% overlap.
+specificity scores (`probe["specificity"]`, see `sake.evaluation.specificity`). Their
+next-token distributions come from the generations themselves: the post-edit side from the
+first step of the post-edit generation, the pre-edit side from the first step of the pre-edit
+generation, or, for outputs read from the cache, from one prompt-only pass over the locality
+probes before any edit of the case (in sequential editing, before the sequence's first edit, so
+every step is compared with the original model). Single editing asks pre-edit outputs a block
+of cases at a time, so those distributions are held for one block only.
 
 Pre-edit outputs come from `PreEditCache`: generated once per model (by fingerprint) and
-probe, in large batches before any edit, kept on disk and shared by every method and run.
+probe, in large batches ahead of the edits, kept on disk and shared by every method and run.
 Audio-encoder and connector outputs are cached for the whole run when the method cannot
 change them, and within one evaluation otherwise; a method that edits only the connector
 (FT (Audio)) still has the encoder's states cached for the whole run, its edit included.
@@ -40,26 +40,27 @@ import json
 import logging
 import os
 from collections import defaultdict
-from collections.abc import Hashable, Iterator, Mapping, Sequence
+from collections.abc import Collection, Hashable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from time import perf_counter
 from typing import Any
 
+import torch
 from torch import Tensor
 
 from sake.data.schema import EditCase, Probe
 from sake.data.schema import Sequence as EditSequence
 from sake.evaluation.judges.base import Judge, OptionJudge
 from sake.evaluation.metrics import LOCALITY_KINDS, judge_probes
-from sake.evaluation.probing import generate_answers
+from sake.evaluation.probing import Answers, answer_probes
 from sake.evaluation.records import Record, RecordWriter, record_key
 from sake.evaluation.specificity import (
+    LocalityOutputs,
     Scores,
-    locality_probes,
     pre_edit_logits,
-    specificity_scores,
+    specificity_of_cases,
     with_specificity,
 )
 from sake.methods.base import Editor, EditOutcome, WeightSnapshot
@@ -93,6 +94,15 @@ class EvalSettings:
             )
         if self.max_new_tokens < 1 or self.batch_size < 1:
             raise ValueError("eval.max_new_tokens and eval.batch_size must be at least 1")
+
+
+@dataclass(frozen=True)
+class PreEdit:
+    """What the unedited model gives for one case: the outputs of all of its probes, and the
+    (locality probes, vocab) first-token logits of its locality probes."""
+
+    outputs: list[str]
+    locality_logits: Tensor
 
 
 # --------------------------------------------------------------------------- inputs
@@ -176,30 +186,54 @@ class PreEditCache:
 
     def outputs(self, lalm: LALM, probes: Sequence[Probe], batch_size: int) -> list[str]:
         """Pre-edit outputs of `probes` in order, generating (and storing) the missing ones."""
+        return self.answers(lalm, probes, batch_size).texts
+
+    def answers(
+        self,
+        lalm: LALM,
+        probes: Sequence[Probe],
+        batch_size: int,
+        *,
+        logits_for: Collection[int] = (),
+    ) -> Answers:
+        """`outputs`, with the first-token logits of the probes in `logits_for` that had to be
+        generated now (those read from disk have none)."""
         keys = [self.key(probe) for probe in probes]
         missing = {key: probe for key, probe in zip(keys, probes, strict=True)}
         missing = {key: probe for key, probe in missing.items() if key not in self._outputs}
         self.hits += sum(key in self._outputs for key in keys)
-        if missing:
-            self._generate(lalm, missing, batch_size)
-        return [self._outputs[key] for key in keys]
+        wanted = {keys[i] for i in logits_for}
+        fresh_logits = self._generate(lalm, missing, batch_size, wanted) if missing else {}
+        first_logits = {i: fresh_logits[keys[i]] for i in logits_for if keys[i] in fresh_logits}
+        return Answers([self._outputs[key] for key in keys], first_logits)
 
-    def _generate(self, lalm: LALM, missing: Mapping[str, Probe], batch_size: int) -> None:
+    def _generate(
+        self,
+        lalm: LALM,
+        missing: Mapping[str, Probe],
+        batch_size: int,
+        logits_wanted: Collection[str],
+    ) -> dict[str, Tensor]:
+        """Generate and store the missing outputs; the first-token logits of the wanted keys."""
         pending = sorted(missing.items(), key=lambda item: len(item[1].question))
         chunk = batch_size * PRE_EDIT_CHUNK_BATCHES
         log.info("pre-edit outputs: generating %d, %d cached", len(pending), len(self._outputs))
+        first_logits: dict[str, Tensor] = {}
         for start in range(0, len(pending), chunk):
             part = pending[start : start + chunk]
-            answers = generate_answers(
+            answers = answer_probes(
                 lalm,
                 [probe for _, probe in part],
                 batch_size=batch_size,
                 max_new_tokens=self.max_new_tokens,
+                logits_for=[i for i, (key, _) in enumerate(part) if key in logits_wanted],
             )
-            fresh = {key: answer for (key, _), answer in zip(part, answers, strict=True)}
+            fresh = {key: text for (key, _), text in zip(part, answers.texts, strict=True)}
+            first_logits.update({part[i][0]: row for i, row in answers.first_logits.items()})
             self._outputs.update(fresh)
             self.generated += len(fresh)
             self._store(fresh)
+        return first_logits
 
     def _load(self) -> dict[str, str]:
         if self.path is None or not self.path.is_file():
@@ -296,26 +330,47 @@ class EditRunner:
             "single editing: %d cases, %d already recorded", len(cases), len(cases) - len(pending)
         )
         with self._run_scope():
-            pre_outputs = self._pre_edit_outputs(pending)
-            for number, case in enumerate(pending, start=1):
-                self._single_case(case, pre_outputs[case.case_id])
-                if number % 50 == 0 or number == len(pending):
-                    log.info("edited %d/%d cases", number, len(pending))
+            done = 0
+            for block in self._blocks(pending):
+                pre_edit = self._pre_edit(block)
+                for case in block:
+                    self._single_case(case, pre_edit)
+                    done += 1
+                    if done % 50 == 0 or done == len(pending):
+                        log.info("edited %d/%d cases", done, len(pending))
         return [self._records[key] for key in keys]
 
-    def _single_case(self, case: EditCase, pre_outputs: Sequence[str]) -> None:
-        pre_logits = self._pre_edit_logits(case)
+    def _blocks(self, cases: Sequence[EditCase]) -> Iterator[list[EditCase]]:
+        """Consecutive cases with about `PRE_EDIT_CHUNK_BATCHES` batches of probes in all.
+
+        Pre-edit outputs are asked a block at a time, so that their first-token logits are
+        held for one block only.
+        """
+        budget = self.settings.batch_size * PRE_EDIT_CHUNK_BATCHES
+        block: list[EditCase] = []
+        size = 0
+        for case in cases:
+            count = len(list(case.probes()))
+            if block and size + count > budget:
+                yield block
+                block, size = [], 0
+            block.append(case)
+            size += count
+        if block:
+            yield block
+
+    def _single_case(self, case: EditCase, pre_edit: Mapping[str, PreEdit]) -> None:
         outcome, extras = self._apply(case)
         try:
-            post_outputs = self._ask(list(case.probes()))
-            specificity = self._specificity(case, pre_logits, post_outputs)
+            post_edit = self._ask(list(case.probes()))
+            [specificity] = self._specificity([case], pre_edit, post_edit)
         finally:
             self._undo(outcome.snapshot)
         self._write(
             {"protocol": "single", **self._case_fields(case, outcome, extras)},
             case,
-            pre_outputs,
-            post_outputs,
+            pre_edit[case.case_id].outputs,
+            post_edit.texts,
             specificity,
         )
 
@@ -352,8 +407,7 @@ class EditRunner:
         try:
             with self._run_scope():
                 reported = sorted({j for evaluated in schedule for j in evaluated})
-                pre_outputs = self._pre_edit_outputs([cases[j] for j in reported])
-                pre_logits = {j: self._pre_edit_logits(cases[j]) for j in reported}
+                pre_edit = self._pre_edit([cases[j] for j in reported])
                 for step, evaluated in enumerate(schedule):
                     outcome, extras = self._apply(cases[step])
                     applied.append((outcome, extras))
@@ -364,9 +418,7 @@ class EditRunner:
                         if ("sequential", sequence.index, step, j) not in self._records
                     ]
                     if todo:
-                        self._sequential_step(
-                            sequence, step, todo, applied, pre_outputs, pre_logits
-                        )
+                        self._sequential_step(sequence, step, todo, applied, pre_edit)
         finally:
             self._undo(snapshot)
 
@@ -376,19 +428,16 @@ class EditRunner:
         step: int,
         evaluated: Sequence[int],
         applied: Sequence[tuple[EditOutcome, dict[str, float]]],
-        pre_outputs: Mapping[str, Sequence[str]],
-        pre_logits: Mapping[int, Tensor],
+        pre_edit: Mapping[str, PreEdit],
     ) -> None:
-        """Ask the probes of every evaluated edit in one batched call, then write a record each.
-
-        Specificity is scored per edit, over the same batches as its pre-edit side.
-        """
-        probe_lists = [list(sequence.cases[j].probes()) for j in evaluated]
-        answers = iter(self._ask([probe for probes in probe_lists for probe in probes]))
-        for j, probes in zip(evaluated, probe_lists, strict=True):
-            case = sequence.cases[j]
-            post_outputs = [next(answers) for _ in probes]
-            specificity = self._specificity(case, pre_logits[j], post_outputs)
+        """Ask the probes of every evaluated edit in one batched call, score their specificity
+        together, then write a record each."""
+        cases = [sequence.cases[j] for j in evaluated]
+        post_edit = self._ask([probe for case in cases for probe in case.probes()])
+        specificity = self._specificity(cases, pre_edit, post_edit)
+        start = 0
+        for j, case, scores in zip(evaluated, cases, specificity, strict=True):
+            count = len(list(case.probes()))
             fields = {
                 "protocol": "sequential",
                 "sequence": sequence.index,
@@ -397,25 +446,40 @@ class EditRunner:
                 "gap": step - j,
                 **self._case_fields(case, *applied[j]),
             }
-            self._write(fields, case, pre_outputs[case.case_id], post_outputs, specificity)
+            outputs = post_edit.texts[start : start + count]
+            self._write(fields, case, pre_edit[case.case_id].outputs, outputs, scores)
+            start += count
 
     # ------------------------------------------------------------------ shared steps
 
-    def _pre_edit_outputs(self, cases: Sequence[EditCase]) -> dict[str, list[str]]:
-        """Pre-edit outputs of every probe of `cases`, by case id, in probe order."""
-        probes = [probe for case in cases for probe in case.probes()]
-        if not probes:
-            return {}
-        with self.timings.measure("pre_edit"), self._audio_cache():
-            outputs = iter(self.pre_edit.outputs(self.lalm, probes, self.settings.batch_size))
-        return {case.case_id: [next(outputs) for _ in case.probes()] for case in cases}
+    def _pre_edit(self, cases: Sequence[EditCase]) -> dict[str, PreEdit]:
+        """The unedited model's outputs and locality first-token logits for `cases`, by id.
 
-    def _pre_edit_logits(self, case: EditCase) -> Tensor:
-        """Next-token logits of the unedited model on the case's locality probes."""
-        with self.timings.measure("specificity"), self._audio_cache():
-            return pre_edit_logits(
-                self.lalm, locality_probes(case), batch_size=self.settings.batch_size
+        Logits come from the pre-edit generation where it runs now; for outputs read from the
+        cache, from one prompt-only pass over the locality probes of all `cases`.
+        """
+        probes = [probe for case in cases for probe in case.probes()]
+        local = [i for i, probe in enumerate(probes) if probe.kind.value in LOCALITY_KINDS]
+        with self.timings.measure("pre_edit"), self._audio_cache():
+            answers = self.pre_edit.answers(
+                self.lalm, probes, self.settings.batch_size, logits_for=local
             )
+        logits = dict(answers.first_logits)
+        missing = [i for i in local if i not in logits]
+        if missing:
+            with self.timings.measure("specificity"), self._audio_cache():
+                fresh = pre_edit_logits(
+                    self.lalm, [probes[i] for i in missing], batch_size=self.settings.batch_size
+                )
+            logits.update(zip(missing, fresh, strict=True))
+        by_case: dict[str, PreEdit] = {}
+        start = 0
+        for case in cases:
+            count = len(list(case.probes()))
+            rows = [logits[i] for i in range(start, start + count) if i in logits]
+            by_case[case.case_id] = PreEdit(answers.texts[start : start + count], _stacked(rows))
+            start += count
+        return by_case
 
     def _apply(self, case: EditCase) -> tuple[EditOutcome, dict[str, float]]:
         """Apply the edit; its outcome and what the editor reported about it."""
@@ -423,34 +487,48 @@ class EditRunner:
             outcome = self.editor.apply(self.lalm, case)
         return outcome, editor_extras(self.editor)
 
-    def _ask(self, probes: Sequence[Probe]) -> list[str]:
+    def _ask(self, probes: Sequence[Probe]) -> Answers:
+        """Post-edit answers, with the first-token logits of the locality probes."""
         context = self.editor.context()
+        local = [i for i, probe in enumerate(probes) if probe.kind.value in LOCALITY_KINDS]
         with self.timings.measure("post_edit"), self._audio_cache():
-            return generate_answers(
+            return answer_probes(
                 self.lalm,
                 probes,
                 batch_size=self.settings.batch_size,
                 max_new_tokens=self.settings.max_new_tokens,
                 system=context.system,
                 history=context.history,
+                logits_for=local,
             )
 
     def _specificity(
-        self, case: EditCase, pre_logits: Tensor, post_outputs: Sequence[str]
-    ) -> list[Scores]:
-        """Scores of the case's locality probes on the edited model, queried in its context."""
-        local_outputs = [
-            output
-            for probe, output in zip(case.probes(), post_outputs, strict=True)
-            if probe.kind.value in LOCALITY_KINDS
-        ]
+        self, cases: Sequence[EditCase], pre_edit: Mapping[str, PreEdit], post_edit: Answers
+    ) -> list[list[Scores]]:
+        """Scores of each case's locality probes on the edited model, in its query context.
+
+        `post_edit` holds the answers to all probes of `cases`, case after case, each in
+        `case.probes()` order.
+        """
+        seen = []
+        start = 0
+        for case in cases:
+            probes = list(case.probes())
+            local = [start + i for i, p in enumerate(probes) if p.kind.value in LOCALITY_KINDS]
+            seen.append(
+                LocalityOutputs(
+                    case,
+                    pre_edit[case.case_id].locality_logits,
+                    _stacked([post_edit.first_logits[i] for i in local]),
+                    [post_edit.texts[i] for i in local],
+                )
+            )
+            start += len(probes)
         context = self.editor.context()
         with self.timings.measure("specificity"), self._audio_cache():
-            return specificity_scores(
+            return specificity_of_cases(
                 self.lalm,
-                case,
-                pre_logits,
-                local_outputs,
+                seen,
                 batch_size=self.settings.batch_size,
                 system=context.system,
                 history=context.history,
@@ -547,6 +625,10 @@ def touches_audio_encoder(editor: Editor) -> bool:
 
 def _under_role(role: str, root: str) -> bool:
     return role == root or role.startswith(f"{root}.")
+
+
+def _stacked(rows: Sequence[Tensor]) -> Tensor:
+    return torch.stack(list(rows)) if rows else torch.zeros(0, 0)
 
 
 def _merged(first: WeightSnapshot | None, later: WeightSnapshot | None) -> WeightSnapshot | None:

@@ -15,12 +15,16 @@ GT-based, beside them:
   another label (same-attribute probes, SAKE's audio-locality type 2): the post-edit model
   gives the true answer a higher log-probability than y_e. None where it does not apply.
 
-The runner computes `pre_edit_logits` for a case's `locality_probes` before the edit (in
-sequential editing, before the sequence's first edit, so that every step is compared with the
-original model) and `specificity_scores` after it, both over the same batches, so that an
-unchanged model gives exactly KL 0 and 100% overlap; `with_specificity` puts each score dict
-into the judged probe's record as `probe["specificity"]`. `sake.evaluation.metrics`
-aggregates them into `metrics.json`; `specificity_metrics` gives those keys alone.
+Both distributions come from passes the runner makes anyway: the post-edit one from the first
+step of the post-edit generation, the pre-edit one from the first step of the pre-edit
+generation, or, where pre-edit outputs came from the on-disk cache, from one prompt-only pass
+(`pre_edit_logits`) before the edit (in sequential editing, before the sequence's first edit,
+so that every step is compared with the original model). Batches differ between the passes, so
+an unchanged model scores KL 0 and 100% overlap up to float rounding. T-acc and C-acc read
+single-token answers off the same first-step logits and teacher-force only longer answers.
+`with_specificity` puts each score dict into the judged probe's record as
+`probe["specificity"]`. `sake.evaluation.metrics` aggregates them into `metrics.json`;
+`specificity_metrics` gives those keys alone.
 """
 
 from __future__ import annotations
@@ -103,10 +107,10 @@ def force_answers(
 
 def pre_edit_logits(lalm: LALM, probes: Sequence[Probe], *, batch_size: int = 32) -> Tensor:
     """(probes, vocab) float32 next-token logits at the answer position, unedited model."""
-    return answer_position_logits(lalm, probes, batch_size=batch_size)
+    return first_token_logits(lalm, probes, batch_size=batch_size)
 
 
-def answer_position_logits(
+def first_token_logits(
     lalm: LALM,
     probes: Sequence[Probe],
     *,
@@ -114,15 +118,78 @@ def answer_position_logits(
     system: str | None = None,
     history: Sequence[Turn] = (),
 ) -> Tensor:
-    """(probes, vocab) float32 logits of the first answer token, in fixed-size chunks.
+    """(probes, vocab) float32 logits of the first answer token: one prompt-only pass."""
+    rows = [
+        lalm.next_token_logits(
+            lalm.prepare(probes[start : start + batch_size], system=system, history=history)
+        ).float()
+        for start in range(0, len(probes), batch_size)
+    ]
+    return torch.cat(rows).cpu() if rows else torch.zeros(0, 0)
 
-    Read from the teacher-forced pass that `specificity_scores` makes anyway, so that the
-    pre- and post-edit sides run the very same computation.
+
+@dataclass(frozen=True)
+class AnswerScores:
+    """Per (probe, answer): teacher-forced token accuracy and total log-probability."""
+
+    token_accuracy: list[float]
+    log_prob: list[float]
+
+
+def answer_scores(
+    lalm: LALM,
+    probes: Sequence[Probe],
+    answers: Sequence[str],
+    first_logits: Tensor,
+    *,
+    batch_size: int = 32,
+    system: str | None = None,
+    history: Sequence[Turn] = (),
+) -> AnswerScores:
+    """T-acc and log-probability of each answer, teacher-forcing only multi-token answers.
+
+    `first_logits[i]` is the next-token distribution at probe i's answer position in the same
+    context; for a one-token answer it is all the teacher-forced pass would compute.
     """
-    answers = [probe.answer for probe in probes]
-    return force_answers(
-        lalm, probes, answers, batch_size=batch_size, system=system, history=history
-    ).first
+    token_ids = _answer_token_ids(lalm, probes, answers, batch_size, system, history)
+    accuracy = [0.0] * len(probes)
+    log_prob = [0.0] * len(probes)
+    longer = []
+    for i, ids in enumerate(token_ids):
+        if len(ids) != 1:
+            longer.append(i)
+            continue
+        row = first_logits[i].float()
+        accuracy[i] = float(int(row.argmax()) == ids[0])
+        log_prob[i] = float(row.log_softmax(dim=-1)[ids[0]])
+    if longer:
+        forced = force_answers(
+            lalm,
+            [probes[i] for i in longer],
+            [answers[i] for i in longer],
+            batch_size=batch_size,
+            system=system,
+            history=history,
+        )
+        for position, i in enumerate(longer):
+            accuracy[i] = forced.token_accuracy[position]
+            log_prob[i] = forced.log_prob[position]
+    return AnswerScores(accuracy, log_prob)
+
+
+def _answer_token_ids(
+    lalm: LALM,
+    probes: Sequence[Probe],
+    answers: Sequence[str],
+    batch_size: int,
+    system: str | None,
+    history: Sequence[Turn],
+) -> list[list[int]]:
+    ids: list[list[int]] = []
+    for start in range(0, len(probes), batch_size):
+        batch = lalm.prepare(probes[start : start + batch_size], system=system, history=history)
+        ids.extend(lalm.target_token_ids(batch, list(answers[start : start + batch_size])))
+    return ids
 
 
 def kl_divergence(pre_logits: Tensor, post_logits: Tensor) -> Tensor:
@@ -187,10 +254,32 @@ def rival_option(probe: Probe, target: str) -> str | None:
     return next((o for o in probe.options if normalise_answer(o) == wanted), None)
 
 
+@dataclass(frozen=True)
+class LocalityOutputs:
+    """What the runner saw of one case's locality probes (in `locality_probes(case)` order):
+    first-token logits on the unedited and on the edited model, post-edit greedy outputs."""
+
+    case: EditCase
+    pre_logits: Tensor
+    post_logits: Tensor
+    post_outputs: Sequence[str]
+
+    def __post_init__(self) -> None:
+        expected = len(locality_probes(self.case))
+        counts = {len(self.pre_logits), len(self.post_logits), len(self.post_outputs)}
+        if counts != {expected}:
+            raise ValueError(
+                f"case {self.case.case_id!r} has {expected} locality probes; got "
+                f"{len(self.pre_logits)} pre-edit logits, {len(self.post_logits)} post-edit "
+                f"logits and {len(self.post_outputs)} post-edit outputs"
+            )
+
+
 def specificity_scores(
     lalm: LALM,
     case: EditCase,
     pre_logits: Tensor,
+    post_logits: Tensor,
     post_outputs: Sequence[str],
     *,
     batch_size: int = 32,
@@ -199,63 +288,83 @@ def specificity_scores(
 ) -> list[Scores]:
     """One score dict per locality probe of `case` (see the module docstring).
 
-    `pre_logits` come from `pre_edit_logits(lalm, locality_probes(case))` on the unedited
-    model, `post_outputs` are the post-edit greedy outputs of the same probes, and `system` /
-    `history` the editor's query context. One teacher-forced pass on the true answers gives
-    the post-edit distribution, T-acc and C-acc's true side; a second, over the probes C-acc
-    applies to, scores the edit target.
+    `pre_logits` and `post_logits` are the first-token logits of `locality_probes(case)` on
+    the unedited and the edited model, `post_outputs` the post-edit greedy outputs of the same
+    probes, and `system` / `history` the editor's query context.
     """
-    probes = locality_probes(case)
-    if len(post_outputs) != len(probes) or len(pre_logits) != len(probes):
-        raise ValueError(
-            f"case {case.case_id!r} has {len(probes)} locality probes; got {len(pre_logits)} "
-            f"pre-edit logits and {len(post_outputs)} post-edit outputs"
-        )
-    if not probes:
-        return []
-    context = {"system": system, "history": history}
-    forced = force_answers(
-        lalm, probes, [p.answer for p in probes], batch_size=batch_size, **context
-    )
-    kl = kl_divergence(pre_logits, forced.first).clamp_min(0)
-    overlaps = {k: topk_overlap(pre_logits, forced.first, k) for k in TOP_K}
-    c_acc = _contrast(lalm, probes, case.y_e, forced.log_prob, batch_size, context)
-    return [
-        {
-            "kl": float(kl[i]),
-            **{f"top{k}": float(overlaps[k][i]) for k in TOP_K},
-            "s_acc": float(exact_match(post_outputs[i], probe.answer)),
-            "t_acc": forced.token_accuracy[i],
-            "c_acc": c_acc[i],
-        }
-        for i, probe in enumerate(probes)
-    ]
+    seen = LocalityOutputs(case, pre_logits, post_logits, post_outputs)
+    return specificity_of_cases(
+        lalm, [seen], batch_size=batch_size, system=system, history=history
+    )[0]
 
 
-def _contrast(
+def specificity_of_cases(
     lalm: LALM,
-    probes: Sequence[Probe],
-    target: str,
-    true_log_probs: Sequence[float],
-    batch_size: int,
-    context: Mapping[str, Any],
-) -> list[float | None]:
-    """1.0 where the true answer is likelier than the edit target, 0.0 where not, else None."""
-    rivals = [rival_option(probe, target) for probe in probes]
-    chosen = [i for i, rival in enumerate(rivals) if rival is not None]
-    wins: list[float | None] = [None] * len(probes)
-    if not chosen:
-        return wins
-    rival = force_answers(
+    seen: Sequence[LocalityOutputs],
+    *,
+    batch_size: int = 32,
+    system: str | None = None,
+    history: Sequence[Turn] = (),
+) -> list[list[Scores]]:
+    """`specificity_scores` of several cases asked in the same context (one sequential step).
+
+    T-acc and C-acc of all of them (true answers, and the edit target where C-acc applies) come
+    from one `answer_scores` call, so the few answers that need teacher forcing share batches.
+    """
+    rows: list[tuple[Probe, str, Tensor]] = []
+    for outputs in seen:
+        for probe, logits in zip(locality_probes(outputs.case), outputs.post_logits, strict=True):
+            rows.append((probe, probe.answer, logits))
+    contrasted: list[int] = []
+    for outputs in seen:
+        for probe, logits in zip(locality_probes(outputs.case), outputs.post_logits, strict=True):
+            rival = rival_option(probe, outputs.case.y_e)
+            if rival is not None:
+                contrasted.append(len(rows))
+                rows.append((probe, rival, logits))
+    if not rows:
+        return [[] for _ in seen]
+    scores = answer_scores(
         lalm,
-        [probes[i] for i in chosen],
-        [rivals[i] for i in chosen],
+        [probe for probe, _, _ in rows],
+        [answer for _, answer, _ in rows],
+        torch.stack([logits for _, _, logits in rows]),
         batch_size=batch_size,
-        **context,
-    ).log_prob
-    for i, r in zip(chosen, rival, strict=True):
-        wins[i] = float(true_log_probs[i] > r)
-    return wins
+        system=system,
+        history=history,
+    )
+    return _case_scores(seen, scores, contrasted)
+
+
+def _case_scores(
+    seen: Sequence[LocalityOutputs], scores: AnswerScores, contrasted: Sequence[int]
+) -> list[list[Scores]]:
+    """Split scores of all true-answer rows, then all rival rows, back into cases."""
+    rival_rows = iter(contrasted)
+    result: list[list[Scores]] = []
+    row = 0
+    for outputs in seen:
+        probes = locality_probes(outputs.case)
+        kl = kl_divergence(outputs.pre_logits, outputs.post_logits).clamp_min(0)
+        overlaps = {k: topk_overlap(outputs.pre_logits, outputs.post_logits, k) for k in TOP_K}
+        case_scores: list[Scores] = []
+        for i, probe in enumerate(probes):
+            c_acc = None
+            if rival_option(probe, outputs.case.y_e) is not None:
+                rival = next(rival_rows)
+                c_acc = float(scores.log_prob[row + i] > scores.log_prob[rival])
+            case_scores.append(
+                {
+                    "kl": float(kl[i]),
+                    **{f"top{k}": float(overlaps[k][i]) for k in TOP_K},
+                    "s_acc": float(exact_match(outputs.post_outputs[i], probe.answer)),
+                    "t_acc": scores.token_accuracy[row + i],
+                    "c_acc": c_acc,
+                }
+            )
+        result.append(case_scores)
+        row += len(probes)
+    return result
 
 
 # --------------------------------------------------------------------------- records
