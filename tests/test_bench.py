@@ -15,12 +15,13 @@ import torch
 from lalm_fixtures import edit_release, make_lalm, make_tokenizer, save_model_dir
 from sake.bench import ReferenceProtocol, Workload, compare_records, run_benchmark, summary_line
 from sake.bench.cli import main
+from sake.bench.measure import SHARE_PHASE
 from sake.bench.report import report_lines
 from sake.data.readers import SakeRelease
 from sake.data.writers import write_release
 from sake.methods.ft import FineTuneConfig, FineTuneEditor
 from sake.methods.ike import InstructionConfig, InstructionEditor
-from sake.models.base import Batch
+from sake.models.base import Batch, Generation
 from sake.models.desta import DestaLALM
 from sake.runner import EvalSettings
 
@@ -65,8 +66,11 @@ class CountingLALM:
         return getattr(self.inner, name)
 
     def generate(self, batch: Batch, max_new_tokens: int) -> list[str]:
+        return self.generate_scored(batch, max_new_tokens).texts
+
+    def generate_scored(self, batch: Batch, max_new_tokens: int) -> Generation:
         self.generated_batches.append(len(batch))
-        return self.inner.generate(batch, max_new_tokens)
+        return self.inner.generate_scored(batch, max_new_tokens)
 
 
 def test_benchmark_judges_both_protocols_alike_and_ends_with_a_json_summary(
@@ -107,23 +111,39 @@ def test_benchmark_judges_both_protocols_alike_and_ends_with_a_json_summary(
     assert report_lines(benchmark)[-1].startswith("peak RSS: ")
 
 
-def test_warm_pre_edit_cache_serves_every_project_run(
-    lalm: DestaLALM, release: SakeRelease, tmp_path: Path
+@pytest.mark.parametrize("mode", ["shared", "warm", "cold"])
+def test_pre_edit_modes_decide_who_generates_and_who_pays(
+    lalm: DestaLALM, release: SakeRelease, tmp_path: Path, mode: str
 ) -> None:
-    editor = InstructionEditor(InstructionConfig("i_ike"))
+    editors = [InstructionEditor(InstructionConfig(name)) for name in ("i_ike", "i_ike_again")]
     benchmark = run_benchmark(
         lalm,
-        [editor],
+        editors,
         workload(release),
         SETTINGS,
         protocols=("single", "sequential"),
         model_name="tiny",
         work_dir=tmp_path,
-        warm_pre_edit=True,
+        pre_edit=mode,
     )
-    assert benchmark.pre_edit_fill_seconds is not None
-    assert [result.ours.pre_edit_generated for result in benchmark.results] == [0, 0]
+    generated = [result.ours.pre_edit_generated for result in benchmark.results]
+    shares = [result.ours.phases.get(SHARE_PHASE) for result in benchmark.results]
+    fills = benchmark.pre_edit_fill_seconds
+    if mode == "cold":
+        assert all(count > 0 for count in generated) and fills == {}
+        assert shares == [None] * 4
+    else:
+        assert generated == [0] * 4 and set(fills) == {"single", "sequential"}
+    if mode == "shared":  # each protocol's fill is split between the two methods' runs
+        expected = [fills[result.protocol] / 2 for result in benchmark.results]
+        assert shares == pytest.approx(expected)
+        for result in benchmark.results:
+            phases = sum(v for k, v in result.ours.phases.items() if k != "total")
+            assert result.ours.seconds >= phases - 1e-6
+    if mode == "warm":
+        assert shares == [None] * 4
     assert all(result.comparison.same_judgements for result in benchmark.results)
+    assert report_lines(benchmark)[0].startswith("pre-edit outputs: ")
 
 
 def test_reference_generates_one_probe_at_a_time_and_regenerates_every_earlier_edit(
@@ -194,7 +214,7 @@ def test_command_line_prints_the_report_and_ends_with_the_json_line(
     assert set(summary) == {"i_ike/single", "i_ike/sequential"}
     assert all(entry["same_judgements"] is True for entry in summary.values())
     assert any(line.startswith("peak RSS: ") for line in lines)
-    assert any(line.startswith("pre-edit cache filled once") for line in lines)
+    assert any(line.startswith("pre-edit outputs: cache filled once, untimed") for line in lines)
 
 
 def test_command_line_rejects_unknown_methods_and_too_many_cases(on_disk) -> None:

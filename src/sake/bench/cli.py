@@ -2,7 +2,7 @@
 
     python -m sake.bench [--methods ft_audio,ft_llm,i_ike] [--protocols single,sequential]
                          [--cases 4] [--sequences 1] [--model desta_tiny] [--dataset sake_synth]
-                         [--split test] [--threads N] [--pre-edit cold|warm]
+                         [--split test] [--threads N] [--pre-edit shared|cold|warm]
                          [HYDRA_OVERRIDE ...]
 
 The model, dataset, methods and evaluation settings are composed from the project's configs
@@ -29,7 +29,7 @@ from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
-from sake.bench.measure import Workload, run_benchmark
+from sake.bench.measure import PRE_EDIT_MODES, Workload, run_benchmark
 from sake.bench.report import report_lines, summary_line
 from sake.data.schema import EditCase
 from sake.methods.base import Editor, build_editor
@@ -62,10 +62,11 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     parser.add_argument(
         "--pre-edit",
-        choices=("cold", "warm"),
-        default="cold",
-        help="cold: every project run generates its own pre-edit outputs; warm: they are "
-        "generated once, untimed, into the on-disk cache all project runs read",
+        choices=PRE_EDIT_MODES,
+        default="shared",
+        help="shared: each protocol's pre-edit outputs are generated once, timed, into the "
+        "on-disk cache every method's run reads, and each run is charged an equal share; "
+        "cold: every run generates its own; warm: the shared cache is filled untimed",
     )
     parser.add_argument("overrides", nargs="*", help="Hydra overrides of configs/edit.yaml")
     return parser.parse_args(list(argv))
@@ -106,7 +107,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             model_name=str(cfg.model.name),
             work_dir=Path(work_dir),
             audio_root=getattr(dataset, "audio_root", None),
-            warm_pre_edit=args.pre_edit == "warm",
+            pre_edit=args.pre_edit,
         )
     for line in report_lines(benchmark):
         print(line)

@@ -2,13 +2,20 @@
 
 Every (method, protocol) pair is run by the project's `EditRunner` first, all of them, and
 then by `ReferenceProtocol`, so that the peak memory of the project's runs is read before any
-reference run has copied the model. Each project run starts with empty audio caches. By
-default it also starts with an empty pre-edit cache of its own, so that no run profits from
-work done by an earlier one; with `warm_pre_edit` the pre-edit outputs of every probe are
-generated once, untimed, into one on-disk cache that every project run then reads, which is how
-the cache serves repeated runs and several methods on one model. Before anything is timed, one
-probe is generated and every editor applies one edit, then undoes it, which takes one-off
-start-up costs (allocator, autograd, kernel selection) out of whichever run would come first.
+reference run has copied the model. Each project run starts with empty audio caches. Where its
+pre-edit outputs come from is the `pre_edit` mode:
+
+- `shared` (the default): for each protocol, the pre-edit outputs its runs need are generated
+  once, timed, into one on-disk cache that every method's run reads, and each of those runs is
+  charged an equal share of that time (phase `pre_edit_share`). This is how the cache serves
+  several methods on one model, against the reference's generating them again per method.
+- `cold`: every run starts with an empty pre-edit cache of its own and pays for all of it, as
+  a model's very first method does.
+- `warm`: the shared cache is filled untimed, as for any later run on the same cases.
+
+Before anything is timed, one probe is generated and every editor applies one edit, then undoes
+it, which takes one-off start-up costs (allocator, autograd, kernel selection) out of whichever
+run would come first.
 """
 
 from __future__ import annotations
@@ -18,23 +25,31 @@ import resource
 import sys
 from collections.abc import Mapping, Sequence
 from contextlib import nullcontext
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from time import perf_counter, process_time
 
 from sake.bench.judgements import JudgementComparison, compare_records
 from sake.bench.reference import ReferenceProtocol, forget_audio
-from sake.data.schema import EditCase
+from sake.data.schema import EditCase, Probe
 from sake.data.schema import Sequence as EditSequence
 from sake.evaluation.records import RECORDS_FILE, Record, RecordWriter
 from sake.methods.base import Editor
 from sake.models.base import LALM
-from sake.runner import PROTOCOLS, EditRunner, EvalSettings, PreEditCache
+from sake.runner import (
+    PROTOCOLS,
+    EditRunner,
+    EvalSettings,
+    PreEditCache,
+    sequential_schedule,
+)
 
 log = logging.getLogger(__name__)
 
 EDIT_PHASE = "edit"
 TOTAL_PHASE = "total"
+SHARE_PHASE = "pre_edit_share"
+PRE_EDIT_MODES: tuple[str, ...] = ("shared", "cold", "warm")
 
 
 @dataclass(frozen=True)
@@ -106,12 +121,14 @@ class BenchResult:
 
 @dataclass(frozen=True)
 class Benchmark:
-    """All results; peak resident memory after the project's runs and at the end."""
+    """All results; peak resident memory after the project's runs and at the end; the pre-edit
+    mode and, unless it is `cold`, the seconds each protocol's shared pre-edit fill took."""
 
     results: tuple[BenchResult, ...]
     peak_rss_ours_bytes: int
     peak_rss_bytes: int
-    pre_edit_fill_seconds: float | None = None
+    pre_edit_mode: str = "shared"
+    pre_edit_fill_seconds: Mapping[str, float] = field(default_factory=dict)
 
 
 def run_benchmark(
@@ -124,51 +141,71 @@ def run_benchmark(
     model_name: str,
     work_dir: Path,
     audio_root: Path | None = None,
-    warm_pre_edit: bool = False,
+    pre_edit: str = "shared",
 ) -> Benchmark:
     """Run every editor under every protocol both ways and compare the judgements.
 
     Editors must be prepared (`Editor.prepare`) already; `work_dir` receives the project
-    runs' records and pre-edit caches.
+    runs' records and pre-edit caches; `pre_edit` is one of `PRE_EDIT_MODES` (module
+    docstring).
     """
     _check_workload(workload, protocols)
+    if pre_edit not in PRE_EDIT_MODES:
+        raise ValueError(f"unknown pre-edit mode {pre_edit!r}; choose from {PRE_EDIT_MODES}")
     warm_up(lalm, editors, workload, settings)
     fingerprint = lalm.fingerprint()
-    shared_cache = work_dir / "shared" if warm_pre_edit else None
-    fill_seconds = None
-    if shared_cache is not None:
-        fill_seconds = fill_pre_edit_cache(lalm, fingerprint, shared_cache, workload, settings)
-    pairs = [(editor, protocol) for editor in editors for protocol in protocols]
+    shared_cache = None if pre_edit == "cold" else work_dir / "shared"
+    fills: dict[str, tuple[float, float]] = {}
     ours: dict[tuple[str, str], ProtocolRun] = {}
-    for editor, protocol in pairs:
-        run_dir = work_dir / f"{editor.name}-{protocol}"
-        ours[editor.name, protocol] = run_ours(
-            lalm,
-            editor,
-            protocol,
-            workload,
-            settings,
-            model_name=model_name,
-            fingerprint=fingerprint,
-            run_dir=run_dir,
-            cache_root=shared_cache or run_dir,
-            audio_root=audio_root,
-        )
+    for protocol in protocols:
+        if shared_cache is not None:
+            probes = pre_edit_probes(workload, protocol, settings)
+            fills[protocol] = fill_pre_edit_cache(lalm, fingerprint, shared_cache, probes, settings)
+        for editor in editors:
+            run_dir = work_dir / f"{editor.name}-{protocol}"
+            run = run_ours(
+                lalm,
+                editor,
+                protocol,
+                workload,
+                settings,
+                model_name=model_name,
+                fingerprint=fingerprint,
+                run_dir=run_dir,
+                cache_root=shared_cache or run_dir,
+                audio_root=audio_root,
+            )
+            if pre_edit == "shared":
+                wall, cpu = fills[protocol]
+                run = charged(run, wall / len(editors), cpu / len(editors))
+            ours[editor.name, protocol] = run
     peak_ours = peak_rss_bytes()
     results = []
-    for editor, protocol in pairs:
-        reference = run_reference(lalm, editor, protocol, workload, settings)
-        mine = ours[editor.name, protocol]
-        results.append(
-            BenchResult(
-                editor.name,
-                protocol,
-                mine,
-                reference,
-                compare_records(mine.records, reference.records),
+    for editor in editors:
+        for protocol in protocols:
+            reference = run_reference(lalm, editor, protocol, workload, settings)
+            mine = ours[editor.name, protocol]
+            results.append(
+                BenchResult(
+                    editor.name,
+                    protocol,
+                    mine,
+                    reference,
+                    compare_records(mine.records, reference.records),
+                )
             )
-        )
-    return Benchmark(tuple(results), peak_ours, peak_rss_bytes(), fill_seconds)
+    fill_seconds = {protocol: wall for protocol, (wall, _) in fills.items()}
+    return Benchmark(tuple(results), peak_ours, peak_rss_bytes(), pre_edit, fill_seconds)
+
+
+def charged(run: ProtocolRun, seconds: float, cpu_seconds: float) -> ProtocolRun:
+    """The run with a share of work done for it elsewhere added to its times."""
+    return replace(
+        run,
+        seconds=run.seconds + seconds,
+        cpu_seconds=run.cpu_seconds + cpu_seconds,
+        phases={**run.phases, SHARE_PHASE: seconds},
+    )
 
 
 def run_ours(
@@ -254,18 +291,34 @@ def warm_up(
     forget_audio(lalm)
 
 
+def pre_edit_probes(workload: Workload, protocol: str, settings: EvalSettings) -> list[Probe]:
+    """The probes whose pre-edit outputs a protocol's runs ask for: every probe of every single
+    case, or of every sequential edit the schedule evaluates."""
+    if protocol == "single":
+        cases = list(workload.cases)
+    else:
+        cases = []
+        for sequence in workload.sequences:
+            schedule = sequential_schedule(len(sequence), settings.max_edit, settings.max_gap)
+            reported = sorted({j for evaluated in schedule for j in evaluated})
+            cases.extend(sequence.cases[j] for j in reported)
+    return [probe for case in cases for probe in case.probes()]
+
+
 def fill_pre_edit_cache(
-    lalm: LALM, fingerprint: str, root: Path, workload: Workload, settings: EvalSettings
-) -> float:
-    """Generate the pre-edit outputs of every probe into the cache at `root`; the seconds taken."""
-    started = perf_counter()
+    lalm: LALM, fingerprint: str, root: Path, probes: Sequence[Probe], settings: EvalSettings
+) -> tuple[float, float]:
+    """Generate the pre-edit outputs of `probes` into the cache at `root`, with empty audio
+    caches before and after; the wall and CPU seconds taken."""
+    forget_audio(lalm)
+    started, cpu_started = perf_counter(), process_time()
     cache = PreEditCache(root, fingerprint, settings.max_new_tokens)
-    probes = [probe for case in workload.all_cases() for probe in case.probes()]
     cached = getattr(lalm, "cached_audio_embeddings", None)
     with nullcontext() if cached is None else cached():
         cache.outputs(lalm, probes, settings.batch_size)
+    elapsed = perf_counter() - started, process_time() - cpu_started
     forget_audio(lalm)
-    return perf_counter() - started
+    return elapsed
 
 
 def peak_rss_bytes() -> int:

@@ -32,11 +32,7 @@ def summary_line(benchmark: Benchmark) -> str:
 def report_lines(benchmark: Benchmark) -> list[str]:
     """Per result: throughput both ways, phases, judgement agreement; then peak memory."""
     lines: list[str] = []
-    if benchmark.pre_edit_fill_seconds is not None:
-        lines.append(
-            f"pre-edit cache filled once, untimed, in {benchmark.pre_edit_fill_seconds:.1f} s; "
-            "every project run reads it"
-        )
+    lines.append(pre_edit_line(benchmark))
     for result in benchmark.results:
         lines.extend(result_lines(result))
     lines.append(
@@ -44,6 +40,22 @@ def report_lines(benchmark: Benchmark) -> list[str]:
         f"{benchmark.peak_rss_bytes / GIB:.2f} GiB after the reference runs"
     )
     return lines
+
+
+def pre_edit_line(benchmark: Benchmark) -> str:
+    """Where the project runs' pre-edit outputs came from, and what filling the cache took."""
+    fills = ", ".join(
+        f"{protocol} {seconds:.1f} s"
+        for protocol, seconds in benchmark.pre_edit_fill_seconds.items()
+    )
+    if benchmark.pre_edit_mode == "shared":
+        return (
+            f"pre-edit outputs: generated once per protocol ({fills}) into the cache every "
+            "method's run reads; each run is charged an equal share (pre_edit_share)"
+        )
+    if benchmark.pre_edit_mode == "warm":
+        return f"pre-edit outputs: cache filled once, untimed ({fills}); every run reads it"
+    return "pre-edit outputs: every run generates its own (cold cache)"
 
 
 def result_lines(result: BenchResult) -> list[str]:
