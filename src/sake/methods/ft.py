@@ -82,7 +82,7 @@ class FineTuneEditor:
         batch = lalm.prepare([case.reliability])
         targets = [case.reliability.answer]
         weights = MasterWeights(list(parameters.values()))
-        optimizer = torch.optim.Adam(weights.tensors, lr=self.config.lr)
+        optimizer = torch.optim.Adam(weights.tensors, lr=self.config.lr, foreach=True)
         steps = 0
         with trainable_only(lalm.model, parameters), torch.enable_grad():
             while True:

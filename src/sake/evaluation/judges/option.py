@@ -42,9 +42,11 @@ from __future__ import annotations
 
 import re
 import unicodedata
+from functools import lru_cache
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
+PREPARED_OPTION_SETS = 4096
 _COMBINING = "\u0300-\u036f\u1ab0-\u1aff\u1dc0-\u1dff\u20d0-\u20ff"
 _LETTER = rf"(?:[^\W\d_]|[{_COMBINING}])"
 _TOKEN = re.compile(rf"(?:(?<![\w)])-)?\d+(?:[.,]\d+)*|{_LETTER}(?:[^\W_]|[{_COMBINING}#])*")
@@ -253,7 +255,7 @@ def choose_option(output: str, options: Sequence[str]) -> Choice:
     """Decide which single option `output` chose, following the module's rules."""
     if not output.strip():
         return Choice(None, (), "empty")
-    searched = _prepare(options)
+    searched = _prepare(tuple(options))
     exact = _exact_option(output, searched)
     if exact is not None:
         return Choice(exact, (exact,), "exact")
@@ -319,7 +321,9 @@ def _gap(between: str) -> int:
     return 1 if _SOFT_BREAK.search(between) else 0
 
 
-def _prepare(options: Sequence[str]) -> _Options:
+@lru_cache(maxsize=PREPARED_OPTION_SETS)
+def _prepare(options: tuple[str, ...]) -> _Options:
+    """The option set read once: a benchmark asks the same few option lists thousands of times."""
     readings = [_read(option) for option in options]
     phrases: dict[tuple[str, ...], _Phrase] = {}
     for index, reading in enumerate(readings):
