@@ -15,6 +15,8 @@ import torch
 from lalm_fixtures import edit_release, make_lalm, make_tokenizer, save_model_dir
 from sake.bench import ReferenceProtocol, Workload, compare_records, run_benchmark, summary_line
 from sake.bench.cli import main
+from sake.bench.generation import main as generation_main
+from sake.bench.generation import time_generation
 from sake.bench.measure import SHARE_PHASE
 from sake.bench.report import report_lines
 from sake.data.readers import SakeRelease
@@ -215,6 +217,39 @@ def test_command_line_prints_the_report_and_ends_with_the_json_line(
     assert all(entry["same_judgements"] is True for entry in summary.values())
     assert any(line.startswith("peak RSS: ") for line in lines)
     assert any(line.startswith("pre-edit outputs: cache filled once, untimed") for line in lines)
+
+
+def test_generation_benchmark_times_one_batch_cold_and_warm(
+    on_disk: tuple[Path, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    root, weights = on_disk
+    overrides = ["dataset=sake", f"dataset.root={root}", f"model.weights_dir={weights}"]
+    options = ["--batch", "6", "--repeats", "2", "--threads", "1", "eval.max_new_tokens=3"]
+    assert generation_main([*options, *overrides]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    timing = json.loads(lines[-1])
+    assert timing["batch"] == 6 and timing["max_new_tokens"] == 3
+    assert 0 < timing["warm_best_s"] <= timing["warm_median_s"]
+    assert 0 < timing["cold_best_s"] <= timing["cold_median_s"]
+    assert timing["parameters"] > 0 and timing["peak_rss_gib"] > 0
+    assert any(line.startswith("cold (decode") for line in lines)
+
+
+def test_generation_benchmark_empties_audio_caches_before_each_cold_batch(
+    lalm: DestaLALM, release: SakeRelease
+) -> None:
+    encoded: list[int] = []
+    encoder = lalm.modules.resolve("audio_encoder").module
+    hook = encoder.register_forward_hook(lambda module, args, out: encoded.append(len(args[0])))
+    probes = [p for p in release.splits["test"][0].probes() if p.audio_path is not None]
+    clips = len({p.audio_path for p in probes})
+    try:
+        time_generation(lalm, probes, max_new_tokens=2, repeats=2)
+    finally:
+        hook.remove()
+    assert sum(encoded) == 5 * clips  # the untimed batch, two cold and two warm ones
+    with pytest.raises(ValueError, match="repeats"):
+        time_generation(lalm, probes, max_new_tokens=2, repeats=0)
 
 
 def test_command_line_rejects_unknown_methods_and_too_many_cases(on_disk) -> None:
