@@ -27,6 +27,7 @@ from sake.runner import (
     EditRunner,
     EvalSettings,
     PreEditCache,
+    audio_path_only,
     sequential_schedule,
     touches_audio_encoder,
 )
@@ -202,11 +203,20 @@ def test_pre_edit_outputs_are_generated_once_per_model(
     second = make(ft_audio(), tmp_path / "b", cache=tmp_path / "cache")
     records = second.run_single(cases)
     assert second.pre_edit.generated == 0 and second.pre_edit.hits == probes
-    assert calls == [len(list(c.probes())) for c in cases]  # post-edit only, one call per case
+    # post-edit only, one call per case; FT (Audio) cannot change text-only answers
+    assert calls == [sum(p.file is not None for p in c.probes()) for c in cases]
     pre_first = [
         p["pre_output"] for r in read_records(tmp_path / "a" / RECORDS_FILE) for p in r["probes"]
     ]
     assert [p["pre_output"] for r in records for p in r["probes"]] == pre_first
+    calls.clear()
+    make(ft_llm(), tmp_path / "c", cache=tmp_path / "cache").run_single(cases)
+    assert calls == [len(list(c.probes())) for c in cases]  # the LLM's edits reach every probe
+
+
+def test_only_editors_of_the_audio_path_alone_leave_text_answers_alone() -> None:
+    assert audio_path_only(ft_audio())
+    assert not audio_path_only(ft_llm()) and not audio_path_only(i_ike())
 
 
 def test_ft_audio_keeps_every_text_only_answer(

@@ -25,7 +25,10 @@ Pre-edit outputs come from `PreEditCache`: generated once per model (by fingerpr
 probe, in large batches ahead of the edits, kept on disk and shared by every method and run.
 Audio-encoder and connector outputs are cached for the whole run when the method cannot
 change them, and within one evaluation otherwise; a method that edits only the connector
-(FT (Audio)) still has the encoder's states cached for the whole run, its edit included.
+(FT (Audio)) still has the encoder's states cached for the whole run, its edit included. An
+editor that changes only the audio path cannot change the answer to a text-only probe (one
+without audio, asked without an editing context): such probes keep their pre-edit outputs and
+logits instead of being asked again.
 
 Resuming: the runner skips every record the writer already holds (single: by case; a
 sequence with missing records is replayed from its first edit, since its model state is not
@@ -63,7 +66,7 @@ from sake.evaluation.specificity import (
     specificity_of_cases,
     with_specificity,
 )
-from sake.methods.base import Editor, EditOutcome, WeightSnapshot
+from sake.methods.base import Editor, EditOutcome, WeightSnapshot, role_touches_audio_path
 from sake.models.base import LALM
 
 log = logging.getLogger(__name__)
@@ -314,6 +317,7 @@ class EditRunner:
             "fingerprint": pre_edit.fingerprint,
         }
         self.timings = Timings()
+        self._audio_path_only = audio_path_only(editor)
         self._records: dict[Hashable, Record] = {}
         for record in writer.existing:
             self._check_same_run(record)
@@ -362,7 +366,7 @@ class EditRunner:
     def _single_case(self, case: EditCase, pre_edit: Mapping[str, PreEdit]) -> None:
         outcome, extras = self._apply(case)
         try:
-            post_edit = self._ask(list(case.probes()))
+            post_edit = self._ask([case], pre_edit)
             [specificity] = self._specificity([case], pre_edit, post_edit)
         finally:
             self._undo(outcome.snapshot)
@@ -433,7 +437,7 @@ class EditRunner:
         """Ask the probes of every evaluated edit in one batched call, score their specificity
         together, then write a record each."""
         cases = [sequence.cases[j] for j in evaluated]
-        post_edit = self._ask([probe for case in cases for probe in case.probes()])
+        post_edit = self._ask(cases, pre_edit)
         specificity = self._specificity(cases, pre_edit, post_edit)
         start = 0
         for j, case, scores in zip(evaluated, cases, specificity, strict=True):
@@ -487,20 +491,40 @@ class EditRunner:
             outcome = self.editor.apply(self.lalm, case)
         return outcome, editor_extras(self.editor)
 
-    def _ask(self, probes: Sequence[Probe]) -> Answers:
-        """Post-edit answers, with the first-token logits of the locality probes."""
+    def _ask(self, cases: Sequence[EditCase], pre_edit: Mapping[str, PreEdit]) -> Answers:
+        """Post-edit answers to all probes of `cases` (case after case), with the first-token
+        logits of the locality probes.
+
+        A probe the edit cannot reach (no audio, no editing context, an editor that changes
+        only the audio path) is not asked again: its pre-edit output and logits stand.
+        """
         context = self.editor.context()
-        local = [i for i, probe in enumerate(probes) if probe.kind.value in LOCALITY_KINDS]
+        slots = _probe_slots(cases)
+        kept = self._audio_path_only and context.system is None and not context.history
+        asked = [i for i, slot in enumerate(slots) if not (kept and slot.probe.file is None)]
+        local = [k for k, i in enumerate(asked) if slots[i].locality is not None]
         with self.timings.measure("post_edit"), self._audio_cache():
-            return answer_probes(
+            fresh = answer_probes(
                 self.lalm,
-                probes,
+                [slots[i].probe for i in asked],
                 batch_size=self.settings.batch_size,
                 max_new_tokens=self.settings.max_new_tokens,
                 system=context.system,
                 history=context.history,
                 logits_for=local,
             )
+        texts: list[str] = []
+        first_logits: dict[int, Tensor] = {}
+        for i, slot in enumerate(slots):
+            before = pre_edit[slot.case_id]
+            texts.append(before.outputs[slot.index])
+            if slot.locality is not None:
+                first_logits[i] = before.locality_logits[slot.locality]
+        for k, i in enumerate(asked):
+            texts[i] = fresh.texts[k]
+            if k in fresh.first_logits:
+                first_logits[i] = fresh.first_logits[k]
+        return Answers(texts, first_logits)
 
     def _specificity(
         self, cases: Sequence[EditCase], pre_edit: Mapping[str, PreEdit], post_edit: Answers
@@ -625,6 +649,37 @@ def touches_audio_encoder(editor: Editor) -> bool:
 
 def _under_role(role: str, root: str) -> bool:
     return role == root or role.startswith(f"{root}.")
+
+
+def audio_path_only(editor: Editor) -> bool:
+    """Whether every module the editor changes lies in the audio path (encoder, connector), so
+    that answers to text-only probes cannot change. Editors naming no role are assumed not to."""
+    config = getattr(editor, "config", None)
+    role = getattr(config, "role", None)
+    roles = [role] if isinstance(role, str) else list(getattr(config, "roles", None) or [])
+    return bool(roles) and all(role_touches_audio_path(r) for r in roles)
+
+
+@dataclass(frozen=True)
+class ProbeSlot:
+    """Where a probe of a flat list over several cases comes from: its case, its index in
+    `case.probes()`, and its index among the case's locality probes (None if it is none)."""
+
+    case_id: str
+    index: int
+    locality: int | None
+    probe: Probe
+
+
+def _probe_slots(cases: Sequence[EditCase]) -> list[ProbeSlot]:
+    slots = []
+    for case in cases:
+        local = 0
+        for index, probe in enumerate(case.probes()):
+            is_local = probe.kind.value in LOCALITY_KINDS
+            slots.append(ProbeSlot(case.case_id, index, local if is_local else None, probe))
+            local += is_local
+    return slots
 
 
 def _stacked(rows: Sequence[Tensor]) -> Tensor:
