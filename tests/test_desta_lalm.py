@@ -200,6 +200,9 @@ def test_batched_logits_and_generations_equal_each_probe_alone(
     answers = lalm.generate(batch, max_new_tokens=8)
     assert answers == [lalm.generate(single, max_new_tokens=8)[0] for single in singles]
     assert any(answers)
+    scored = lalm.generate_scored(batch, max_new_tokens=8)
+    assert scored.texts == answers
+    torch.testing.assert_close(scored.first_logits, expected_logits)  # shared prefix included
 
 
 def test_a_long_shared_prefix_is_computed_once_with_the_same_results(

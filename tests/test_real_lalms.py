@@ -145,6 +145,9 @@ def test_prepare_and_generate_on_audio_probes(
     answers = lalm.generate(batch, max_new_tokens=6)
     assert len(answers) == 3 and all(isinstance(answer, str) for answer in answers)
     assert lalm.next_token_logits(batch).shape == (3, len(lalm.tokenizer))
+    scored = lalm.generate_scored(batch, max_new_tokens=6)
+    assert scored.texts == answers  # the first step's logits come from the very same pass
+    torch.testing.assert_close(scored.first_logits, lalm.next_token_logits(batch))
 
 
 @pytest.mark.parametrize("name", TINY)
