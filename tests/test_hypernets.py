@@ -30,6 +30,7 @@ from sake.hypernets.signals import (
     EditSignal,
     capture_signals,
     edited_matrices,
+    input_moments,
     scored_pass,
 )
 from sake.methods.base import build_editor
@@ -45,6 +46,8 @@ from sake.training.hypernet import (
     build_module,
     fit_hypernet,
     locality_probes,
+    split_for_training,
+    with_unfamiliar_text,
 )
 from sake.training.trainer import StageContext
 from sake.utils.run import run_task
@@ -232,6 +235,32 @@ def test_ke_update_is_a_rank_one_mask_of_the_gradient_plus_a_rank_one_offset(
         assert rank <= int(torch.linalg.matrix_rank(gradient)) + 1
 
 
+@pytest.mark.parametrize("method", sorted(CONFIGS))
+def test_updates_leave_the_most_used_text_input_directions_alone(
+    lalm: DestaLALM, release: SakeRelease, tmp_path: Path, method: str
+) -> None:
+    config = CONFIGS[method](tmp_path, preserve_rank=4)
+    matrices = edited_matrices(lalm, config.roles)
+    network = perturbed(new_network(config, lalm, matrices)).train()
+    probes = [probe for case in release.splits["train"] for probe in case.locality_text]
+    moments = input_moments(lalm, probes, [probe.answer for probe in probes], matrices, True)
+    network.preserved.fit(moments)
+    signal = signal_for(lalm, release.splits["test"][0], config)
+    for matrix in matrices:
+        name = matrix.weight_name
+        basis, moment = network.preserved.basis(name), moments[name]
+        assert basis.shape == (matrix.shape[1], 4)
+        assert torch.allclose(basis.T @ basis, torch.eye(4), atol=1e-5)
+        top = torch.linalg.eigvalsh(moment.double())[-4:].sum()
+        assert float(torch.trace(basis.T @ moment @ basis)) == pytest.approx(float(top), rel=1e-4)
+    for name, update in network(signal).items():
+        basis = network.preserved.basis(name)
+        assert float(update.abs().max()) > 0
+        assert float((update @ basis).abs().max()) < 1e-5 * float(update.abs().max())
+    with pytest.raises(ValueError, match="preserve_rank"):
+        new_network(replace(config, preserve_rank=10_000), lalm, matrices)
+
+
 # --------------------------------------------------------------------------- training
 
 
@@ -276,6 +305,95 @@ def test_locality_kl_follows_the_unedited_models_own_answers(
     for probe, output, answer in zip(probes, greedy, chosen, strict=True):
         assert answer == (output or probe.answer)
     assert LocalityAnswers(None).answers(lalm, probes) == [probe.answer for probe in probes]
+
+
+def with_own_question(case: EditCase, question: str) -> EditCase:
+    """`case` whose text-locality probe asks `question` (with the same options)."""
+    return replace(case, locality_text=(replace(case.locality_text[0], question=question),))
+
+
+def with_own_text_probe(case: EditCase, answer: str) -> EditCase:
+    """`case` with a text-locality probe that differs from every other case's."""
+    return replace(case, locality_text=(replace(case.locality_text[0], answer=answer),))
+
+
+@pytest.mark.parametrize("shared", [True, False])
+def test_every_edit_is_also_checked_against_the_batchs_other_text_probes(
+    lalm: DestaLALM, release: SakeRelease, tmp_path: Path, shared: bool
+) -> None:
+    first, second = release.splits["train"][:2]
+    cases = [first, with_own_text_probe(second, "6")]
+    settings = task_settings(loss={"shared_text_locality": shared})
+    module = build_module(mend_config(tmp_path), lalm, settings, seed=0)
+    probes, _, placed = module.pre_edit_rows(cases)
+    for case, rows, other in zip(cases, placed, cases[::-1], strict=True):
+        own = locality_probes(case)
+        checked = [probes[row] for row in rows.locality_rows]
+        assert checked == own + (list(other.locality_text) if shared else [])
+    losses = module.train().edit_losses(cases)
+    assert len(losses.outcomes["locality/text"]) == (4 if shared else 2)
+
+
+def test_the_loss_weighs_audio_and_text_locality_apart(
+    lalm: DestaLALM, release: SakeRelease, tmp_path: Path
+) -> None:
+    settings = task_settings(loss={"c_edit": 2.0, "c_loc": 3.0, "c_loc_text": 5.0})
+    config = mend_config(tmp_path, edit_lr=1e-2)
+    module = build_module(config, lalm, settings, seed=0)
+    cases = release.splits["train"][:2]
+    with torch.no_grad():
+        losses = module.train().edit_losses(cases)
+    assert float(losses.locality_audio) > 0 and float(losses.locality_text) > 0
+    expected = 2.0 * losses.edit + 3.0 * losses.locality_audio + 5.0 * losses.locality_text
+    assert float(losses.total) == pytest.approx(float(expected), rel=1e-5)
+
+
+def test_training_never_asks_the_validation_slices_text_questions(release: SakeRelease) -> None:
+    train_cases = release.splits["train"]
+    unasked = replace(train_cases[0].locality_text[0], question="Which number is larger?\n\n4\n9")
+    distinct = replace(train_cases[0], locality_text=(unasked,))
+    splits = {"train": [*train_cases, distinct], "val": release.splits["val"]}
+    train, val = split_for_training(splits, validation_cases=1)
+    asked = {probe.question for case in val for probe in case.locality_text}
+    assert asked and val == release.splits["val"][:1]
+    assert [case.locality_text for case in train] == [()] * len(train_cases) + [(unasked,)]
+    assert [replace(case, locality_text=()) for case in train] == [
+        replace(case, locality_text=()) for case in splits["train"]
+    ]
+
+
+def test_unfamiliar_text_asks_a_known_question_with_another_questions_options(
+    release: SakeRelease,
+) -> None:
+    first, second = release.splits["train"][:2]
+    known = first.locality_text[0]
+    donor = replace(
+        known,
+        question="What is 1 + 1?\n\nOptions:\n1\n2\n3",
+        answer="2",
+        options=("1", "2", "3"),
+    )
+    inline = replace(known, question="What is 2 + 3: 4, 5 or 6?")
+    cases = [
+        first,
+        replace(second, locality_text=(donor,)),
+        replace(first, locality_text=(inline,)),
+    ]
+    extended = with_unfamiliar_text(cases, np.random.default_rng(0))
+    assert extended[0].locality_text == (
+        known,
+        replace(
+            known,
+            question="What is 2 + 3?\n\nOptions:\n1\n2\n3",
+            answer="2",
+            options=("1", "2", "3"),
+        ),
+    )
+    assert extended[1].locality_text[1].question == "What is 1 + 1?\n\nOptions:\n4\n5\n6"
+    assert extended[2].locality_text == (inline,)
+    assert [replace(case, locality_text=()) for case in extended] == [
+        replace(case, locality_text=()) for case in cases
+    ]
 
 
 def test_a_zero_update_keeps_every_locality_answer(
@@ -555,7 +673,9 @@ def test_method_configs_are_exactly_the_dataclasses(
     assert isinstance(editor, HypernetEditor) and editor.name == method
     declared = {key for key in cfg.method if key != "_target_"}
     assert declared == {field.name for field in fields(config_class)}
-    assert editor.config.roles == ("llm.layer[-3].mlp", "llm.layer[-2].mlp", "llm.layer[-1].mlp")
+    assert editor.config.roles == ("llm.layer[-2].mlp", "llm.layer[-1].mlp")  # desta_tiny's
+    default_roles = next(field.default for field in fields(config_class) if field.name == "roles")
+    assert default_roles == ("llm.layer[-3].mlp", "llm.layer[-2].mlp", "llm.layer[-1].mlp")
     assert editor.path == Path(cfg.paths.hypernet_dir) / f"{method}-desta_tiny-sake_synth.pt"
     assert not editor.touches_audio_path
 
@@ -578,7 +698,11 @@ def on_disk(
     release: SakeRelease, lalm: DestaLALM, tmp_path_factory: pytest.TempPathFactory
 ) -> tuple[Path, Path]:
     root = tmp_path_factory.mktemp("sake")
-    write_release(release.splits, release.sequences, root)
+    val = [
+        with_own_question(case, "What is 3 + 2?\n\nOptions:\n4\n5\n6")
+        for case in release.splits["val"]
+    ]
+    write_release({**release.splits, "val": val}, release.sequences, root)
     shutil.copytree(release.audio_root, root / "audio")
     return root, save_model_dir(lalm, tmp_path_factory.mktemp("weights") / "desta_tiny")
 
@@ -596,6 +720,7 @@ def test_train_task_writes_the_best_hypernetwork_and_edit_task_uses_it(
         f"paths.hypernet_dir={tmp_path / 'hypernets'}",
         ROLE_OVERRIDE,
         "method.hidden=32",
+        "method.preserve_rank=8",  # the opt-in projection, through training and editing
     ]
     train = compose_cfg(
         "train",
@@ -622,6 +747,8 @@ def test_train_task_writes_the_best_hypernetwork_and_edit_task_uses_it(
         assert torch.equal(tensor, stored["state_dict"][f"network.{key}"])
     assert (checkpoints / "last.ckpt").is_file() and metrics["train/steps"] == 4
     assert manifest.roles == list(ROLES) and manifest.training["metrics"] == metrics
+    bases = [tensor for key, tensor in state.items() if key.startswith("preserved.basis_")]
+    assert bases and all(torch.allclose(b.T @ b, torch.eye(8), atol=1e-5) for b in bases)
     assert metrics["best/val/loss"] <= metrics["last/val/loss"]
     edit = compose_cfg("edit", [*shared, "task=edit", "dataset.limit=2", "eval.max_new_tokens=3"])
     edited = run_task(edit)

@@ -1,7 +1,8 @@
 """KE and MEND hypernetworks: the networks, their inputs and updates, their files on disk.
 
 `signals` reads what a hypernetwork sees of an edit (gradient factors, token embeddings) and
-applies predicted updates; `ke` and `mend` are the networks; `manifest` stores them with what
+applies predicted updates; `ke` and `mend` are the networks; `subspace` holds the input
+directions of unrelated text their updates may leave alone; `manifest` stores them with what
 they were trained for; `editor` is the editing method both share (`sake.methods.ke`,
 `sake.methods.mend`). Training lives in `sake.training.hypernet`.
 """
@@ -19,6 +20,7 @@ from sake.hypernets.manifest import (
 )
 from sake.hypernets.mend import MEND
 from sake.hypernets.signals import EditedMatrix, EditSignal, capture_signals, edited_matrices
+from sake.hypernets.subspace import PreservedSubspace
 
 __all__ = [
     "MEND",
@@ -29,6 +31,7 @@ __all__ = [
     "HypernetManifest",
     "HypernetUnavailableError",
     "KnowledgeEditor",
+    "PreservedSubspace",
     "RankOneEdit",
     "capture_signals",
     "edited_matrices",

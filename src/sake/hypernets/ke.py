@@ -11,7 +11,9 @@ a rank-1 mask applied to the gradient plus a rank-1 offset, with a learned scale
 and the update's rank is at most rank(G) + 1.
 
 Initialisation makes the first updates a plain gradient-descent step: γ starts at -1
-(σ(α) = σ(η) = 1/2), δ at 0, so ΔW = -step_size · G / 4 before any training.
+(σ(α) = σ(η) = 1/2), δ at 0, so ΔW = -step_size · G / 4 before any training. With
+`preserve_rank` > 0 the update is finally projected off the input directions of unrelated text
+(`sake.hypernets.subspace`).
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import torch
 from torch import Tensor, nn
 
 from sake.hypernets.signals import EditSignal
+from sake.hypernets.subspace import PreservedSubspace
 
 
 @dataclass(frozen=True)
@@ -107,6 +110,7 @@ class KnowledgeEditor(nn.Module):
         lstm_hidden: int,
         head_hidden: int,
         step_size: float,
+        preserve_rank: int = 0,
     ) -> None:
         super().__init__()
         if not shapes:
@@ -118,6 +122,7 @@ class KnowledgeEditor(nn.Module):
             MatrixHead(self.encoder.dim, head_hidden, int(shapes[n][0]), int(shapes[n][1]))
             for n in self.names
         )
+        self.preserved = PreservedSubspace(shapes, preserve_rank)
 
     def components(self, signal: EditSignal) -> dict[str, RankOneEdit]:
         """Weight name -> the parts of its update, all float32."""
@@ -129,4 +134,6 @@ class KnowledgeEditor(nn.Module):
 
     def forward(self, signal: EditSignal) -> dict[str, Tensor]:
         """Weight name -> ΔW (out, in), float32, differentiable with respect to KE."""
-        return {name: parts.update() for name, parts in self.components(signal).items()}
+        return self.preserved(
+            {name: parts.update() for name, parts in self.components(signal).items()}
+        )

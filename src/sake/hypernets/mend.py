@@ -9,7 +9,8 @@ gathered in training, passes it through a small MLP that starts as the identity,
 with a learned edit learning rate `lr_m` per matrix. One MLP serves every matrix of the same
 shape; a per-matrix scale and shift (the matrix's embedding, starting at 1 and 0) tells them
 apart. An update is a sum of one outer product per token, so its rank is at most the number of
-tokens of the edit.
+tokens of the edit. With `preserve_rank` > 0 the update is finally projected off the input
+directions of unrelated text (`sake.hypernets.subspace`).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import torch
 from torch import Tensor, nn
 
 from sake.hypernets.signals import EditSignal
+from sake.hypernets.subspace import PreservedSubspace
 
 NORM_EPS = 1e-7
 
@@ -96,6 +98,7 @@ class MEND(nn.Module):
         hidden: int,
         n_blocks: int,
         edit_lr: float,
+        preserve_rank: int = 0,
     ) -> None:
         super().__init__()
         if not shapes:
@@ -121,6 +124,7 @@ class MEND(nn.Module):
         )
         self.moments = nn.ModuleList(RunningMoments(sum(self.shapes[n])) for n in self.names)
         self.edit_lrs = nn.Parameter(torch.full((len(self.names),), float(edit_lr)))
+        self.preserved = PreservedSubspace(shapes, preserve_rank)
 
     def transformed_factors(self, signal: EditSignal, name: str) -> tuple[Tensor, Tensor]:
         """(x~, delta~) of matrix `name`: (tokens, in) and (tokens, out), in float32.
@@ -144,4 +148,4 @@ class MEND(nn.Module):
         for index, name in enumerate(self.names):
             x, delta = self.transformed_factors(signal, name)
             updates[name] = -self.edit_lrs[index] * (delta.transpose(0, 1) @ x)
-        return updates
+        return self.preserved(updates)

@@ -180,6 +180,35 @@ def _row_signal(
     )
 
 
+def input_moments(
+    lalm: Any,
+    probes: Sequence[Any],
+    targets: Sequence[str],
+    matrices: Sequence[EditedMatrix],
+    include_end: bool,
+) -> dict[str, Tensor]:
+    """Per edited matrix, the (in, in) second moment of its inputs over every position of the
+    probes with their targets teacher-forced, one probe at a time so that no padding enters."""
+    moments = {m.weight_name: torch.zeros(m.shape[1], m.shape[1]) for m in matrices}
+
+    def hook_for(name: str) -> Any:
+        def hook(module: nn.Module, args: tuple[Tensor, ...], output: Tensor) -> None:
+            inputs = args[0].detach().float().flatten(0, -2).cpu()
+            moments[name] += inputs.transpose(0, 1) @ inputs
+
+        return hook
+
+    handles = [m.module.register_forward_hook(hook_for(m.weight_name)) for m in matrices]
+    try:
+        with torch.no_grad():
+            for probe, target in zip(probes, targets, strict=True):
+                scored_pass(lalm, lalm.prepare([probe]), [target], include_end)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return moments
+
+
 class _Recorder:
     """Inputs and outputs of the edited layers and the token embeddings of one forward pass."""
 

@@ -21,7 +21,9 @@ class KnowledgeEditorConfig:
 
     `roles` name the modules whose linear layers are edited; `include_end` scores the
     end-of-turn token as part of the edit target; `lstm_hidden` (per direction) and
-    `head_hidden` size the network; `step_size` multiplies every predicted update.
+    `head_hidden` size the network; `step_size` multiplies every predicted update;
+    `preserve_rank` input directions of unrelated text per matrix are left alone by every
+    update (`sake.hypernets.subspace`).
     """
 
     name: str
@@ -33,8 +35,14 @@ class KnowledgeEditorConfig:
     lstm_hidden: int = 128
     head_hidden: int = 256
     step_size: float = 1.0
+    preserve_rank: int = 0
 
-    network_fields: ClassVar[tuple[str, ...]] = ("lstm_hidden", "head_hidden", "step_size")
+    network_fields: ClassVar[tuple[str, ...]] = (
+        "lstm_hidden",
+        "head_hidden",
+        "step_size",
+        "preserve_rank",
+    )
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "roles", tuple(self.roles))
@@ -54,6 +62,7 @@ class KnowledgeEditorConfig:
             lstm_hidden=self.lstm_hidden,
             head_hidden=self.head_hidden,
             step_size=self.step_size,
+            preserve_rank=self.preserve_rank,
         )
 
 

@@ -21,7 +21,8 @@ class MendConfig:
 
     `roles` name the modules whose linear layers are edited; `include_end` scores the
     end-of-turn token as part of the edit target; `hidden`, `n_blocks` and `edit_lr` (the
-    initial per-matrix learning rate) shape the network.
+    initial per-matrix learning rate) shape the network; `preserve_rank` input directions of
+    unrelated text per matrix are left alone by every update (`sake.hypernets.subspace`).
     """
 
     name: str
@@ -33,8 +34,9 @@ class MendConfig:
     hidden: int = 512
     n_blocks: int = 1
     edit_lr: float = 1e-4
+    preserve_rank: int = 0
 
-    network_fields: ClassVar[tuple[str, ...]] = ("hidden", "n_blocks", "edit_lr")
+    network_fields: ClassVar[tuple[str, ...]] = ("hidden", "n_blocks", "edit_lr", "preserve_rank")
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "roles", tuple(self.roles))
@@ -44,7 +46,13 @@ class MendConfig:
             raise ValueError(f"{self.name}: hidden and n_blocks must be at least 1")
 
     def build_network(self, shapes: Mapping[str, Sequence[int]], embedding_dim: int) -> MEND:
-        return MEND(shapes, hidden=self.hidden, n_blocks=self.n_blocks, edit_lr=self.edit_lr)
+        return MEND(
+            shapes,
+            hidden=self.hidden,
+            n_blocks=self.n_blocks,
+            edit_lr=self.edit_lr,
+            preserve_rank=self.preserve_rank,
+        )
 
 
 def build_mend(**fields: object) -> HypernetEditor:

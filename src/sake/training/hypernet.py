@@ -5,17 +5,26 @@ pass over the cases' reliability probes reads the edit signals (and, in the same
 pre-edit answer distributions of the locality probes); the hypernetwork predicts one update
 per case; a second pass runs every case's probes with its update added. The loss is
 
-    c_edit · NLL(generality probes [+ reliability probe]) + c_loc · KL(pre ‖ post on locality)
+    c_edit · NLL(generality [+ reliability]) + c_loc · KL(audio locality) + c_loc_text · KL(text)
 
 with the NLL and the KL taken over answer tokens only (padding never enters). Locality is
 measured by comparing post-edit with pre-edit outputs, so the KL follows, by default, the
 answer the unedited model itself gives to each locality probe (its greedy output, generated
 once per probe through the runner's pre-edit cache): argmax agreement along that answer is
-then exactly "the edited model still says the same", the locality agreement logged. The NLL is
-averaged over a case's probes; the KL over its audio-locality probes and, as a group of equal
-weight, its text-locality probes (one text probe counts as much as three or four audio ones);
-both terms are then averaged over the cases. The model's weights never change: updates enter
-through forward hooks, so only the hypernetwork learns.
+then exactly "the edited model still says the same", the locality agreement logged. Each term
+is averaged over a case's probes of its kind, then over the cases.
+
+Text locality is the hard side: the test split asks text questions the training split never
+does. A model that learnt the training split's text questions answers them with near
+certainty, so their KL is close to zero whatever the edit does, while its answers to unseen
+questions are full of near-ties that any stray change of its hidden states flips. Hence, with
+`unfamiliar_text`, every case also gets its text question asked with another question's
+options, which the model has not learnt either (`with_unfamiliar_text`); with
+`shared_text_locality` every edit of a batch is checked against the text-locality probes of
+the batch's other cases too; validation asks only text questions that training never sees;
+and a network built with `preserve_rank` > 0 first fits the input directions its updates leave
+alone to the training split's text questions (`sake.hypernets.subspace`). The model's
+weights never change: updates enter through forward hooks, so only the hypernetwork learns.
 
 Checkpoints hold only the hypernetwork (the model is not part of the LightningModule's state).
 After every validation `last.ckpt` is rewritten (it resumes a killed run) and `best-*.ckpt`
@@ -49,6 +58,7 @@ from sake.hypernets.signals import (
     ScoredPass,
     capture_signals,
     edited_matrices,
+    input_moments,
     scored_pass,
     updates_added,
 )
@@ -70,9 +80,11 @@ Metrics = dict[str, float]
 
 @dataclass(frozen=True)
 class EditLossSettings:
-    """Weights of the two loss terms; whether the reliability probe joins the edit loss.
+    """Weights of the loss terms; whether the reliability probe joins the edit loss.
 
-    `loc_temperature` softens both distributions of the locality KL (scaled by T² as in
+    `c_loc` weighs the audio-locality KL, `c_loc_text` the text-locality KL; with
+    `shared_text_locality` every edit is also checked against the batch's other text-locality
+    probes. `loc_temperature` softens both distributions of the locality KL (scaled by T² as in
     distillation): a model sure of a locality answer hides logit changes from the plain KL,
     while the same changes flip the answers it is unsure of. `locality_answers` is what the
     KL follows: `pre_edit`, the unedited model's own answer, or `dataset`, the probe's answer.
@@ -80,6 +92,8 @@ class EditLossSettings:
 
     c_edit: float = 1.0
     c_loc: float = 1.0
+    c_loc_text: float = 1.0
+    shared_text_locality: bool = True
     reliability: bool = True
     loc_temperature: float = 1.0
     locality_answers: str = "pre_edit"
@@ -91,9 +105,10 @@ class EditLossSettings:
                 f"task.loss.locality_answers must be one of {', '.join(LOCALITY_ANSWERS)}, "
                 f"got {self.locality_answers!r}"
             )
-        if self.c_edit < 0 or self.c_loc < 0 or self.loc_temperature <= 0:
+        if min(self.c_edit, self.c_loc, self.c_loc_text) < 0 or self.loc_temperature <= 0:
             raise ValueError(
-                "task.loss: c_edit and c_loc must not be negative, loc_temperature must be positive"
+                "task.loss: c_edit, c_loc and c_loc_text must not be negative, "
+                "loc_temperature must be positive"
             )
 
 
@@ -202,12 +217,31 @@ def _scorable(lalm: Any, probe: Probe, answer: str) -> bool:
 
 @dataclass
 class EditLosses:
-    """The loss of a batch of edits, its two terms, and 0/1 outcomes per probe group."""
+    """The loss of a batch of edits, its terms, and 0/1 outcomes per probe group."""
 
     total: Tensor
     edit: Tensor
-    locality: Tensor
+    locality_audio: Tensor
+    locality_text: Tensor
     outcomes: dict[str, list[float]] = field(default_factory=dict)
+
+    @property
+    def locality(self) -> Tensor:
+        """Both locality KLs, unweighted."""
+        return self.locality_audio + self.locality_text
+
+
+@dataclass(frozen=True)
+class EditRows:
+    """Where one case sits in the two passes: its reliability row before the edit, and the
+    pre-edit rows of the locality probes its edit is checked against (its own, then shared)."""
+
+    edit_row: int
+    locality_rows: tuple[int, ...]
+
+
+def mean_or_zero(terms: Sequence[Tensor], like: Tensor) -> Tensor:
+    return torch.stack(list(terms)).mean() if terms else like.new_zeros(())
 
 
 # --------------------------------------------------------------------------- module
@@ -247,69 +281,102 @@ class HypernetModule(pl.LightningModule):
     def edit_losses(self, cases: Sequence[EditCase]) -> EditLosses:
         """Edit every case with its own predicted update and score the result."""
         include_end = self.loss_settings.include_end
-        pre_probes: list[Probe] = []
-        pre_targets: list[str] = []
+        pre_probes, pre_targets, placed = self.pre_edit_rows(cases)
         post_probes: list[Probe] = []
         post_targets: list[str] = []
-        edit_rows: list[int] = []
-        kept = iter(
-            self.locality_answers.answers(
-                self.lalm, [probe for case in cases for probe in locality_probes(case)]
-            )
-        )
-        for case in cases:
-            locality = locality_probes(case)
-            answers = [next(kept) for _ in locality]
-            edit_rows.append(len(pre_probes))
-            pre_probes += [case.reliability, *locality]
-            pre_targets += [case.reliability.answer, *answers]
-            post_probes += [*edited_probes(case), *locality]
-            post_targets += [probe.answer for probe in edited_probes(case)] + answers
+        for case, rows in zip(cases, placed, strict=True):
+            post_probes += [*edited_probes(case), *(pre_probes[row] for row in rows.locality_rows)]
+            post_targets += [probe.answer for probe in edited_probes(case)]
+            post_targets += [pre_targets[row] for row in rows.locality_rows]
         signals, pre = capture_signals(
             self.lalm,
             self.lalm.prepare(pre_probes),
             pre_targets,
             self.matrices,
-            edit_rows,
+            [rows.edit_row for rows in placed],
             include_end=include_end,
         )
         updates = [self.network(signal) for signal in signals]
-        group_sizes = [len(edited_probes(case)) + len(locality_probes(case)) for case in cases]
+        group_sizes = [
+            len(edited_probes(case)) + len(rows.locality_rows)
+            for case, rows in zip(cases, placed, strict=True)
+        ]
         with updates_added(self.matrices, updates, group_sizes):
             post = scored_pass(self.lalm, self.lalm.prepare(post_probes), post_targets, include_end)
-        return self._combine(cases, pre, post, edit_rows)
+        return self._combine(cases, pre_probes, pre, post, placed)
+
+    def pre_edit_rows(
+        self, cases: Sequence[EditCase]
+    ) -> tuple[list[Probe], list[str], list[EditRows]]:
+        """The pre-edit pass (each case's reliability probe, then its locality probes, with
+        the answers the KL follows) and, per case, the rows its edit is checked against."""
+        answers = iter(
+            self.locality_answers.answers(
+                self.lalm, [probe for case in cases for probe in locality_probes(case)]
+            )
+        )
+        probes: list[Probe] = []
+        targets: list[str] = []
+        edit_rows: list[int] = []
+        own_rows: list[list[int]] = []
+        for case in cases:
+            edit_rows.append(len(probes))
+            probes.append(case.reliability)
+            targets.append(case.reliability.answer)
+            own_rows.append(list(range(len(probes), len(probes) + len(locality_probes(case)))))
+            for probe in locality_probes(case):
+                probes.append(probe)
+                targets.append(next(answers))
+        text_rows = [
+            row for rows in own_rows for row in rows if probes[row].kind is ProbeKind.LOCALITY_TEXT
+        ]
+        placed = []
+        for edit_row, rows in zip(edit_rows, own_rows, strict=True):
+            checked = list(rows)
+            if self.loss_settings.shared_text_locality:
+                seen = {probes[row] for row in rows}
+                for row in text_rows:
+                    if probes[row] not in seen:
+                        seen.add(probes[row])
+                        checked.append(row)
+            placed.append(EditRows(edit_row, tuple(checked)))
+        return probes, targets, placed
 
     def _combine(
         self,
         cases: Sequence[EditCase],
+        pre_probes: Sequence[Probe],
         pre: ScoredPass,
         post: ScoredPass,
-        edit_rows: Sequence[int],
+        placed: Sequence[EditRows],
     ) -> EditLosses:
+        settings = self.loss_settings
         outcomes: dict[str, list[float]] = defaultdict(list)
-        edit_terms, locality_terms = [], []
+        edit_terms: list[Tensor] = []
+        kind_terms: dict[ProbeKind, list[Tensor]] = defaultdict(list)
         post_row = 0
-        for case, pre_row in zip(cases, edit_rows, strict=True):
+        for case, rows in zip(cases, placed, strict=True):
             nlls = []
             for probe in edited_probes(case):
-                if probe.kind is ProbeKind.GENERALITY or self.loss_settings.reliability:
+                if probe.kind is ProbeKind.GENERALITY or settings.reliability:
                     nlls.append(post.nll(post_row))
                 logits, ids = post.logits[post_row], post.token_ids[post_row]
                 outcomes[outcome_key(probe)].append(all_tokens_right(logits, ids))
                 post_row += 1
             kls: dict[ProbeKind, list[Tensor]] = defaultdict(list)
-            for offset, probe in enumerate(locality_probes(case), start=1):
-                before, after = pre.logits[pre_row + offset], post.logits[post_row]
-                kls[probe.kind].append(answer_kl(before, after, self.loss_settings.loc_temperature))
-                outcomes[outcome_key(probe)].append(same_choices(before, after))
+            for row in rows.locality_rows:
+                before, after = pre.logits[row], post.logits[post_row]
+                kls[pre_probes[row].kind].append(answer_kl(before, after, settings.loc_temperature))
+                outcomes[outcome_key(pre_probes[row])].append(same_choices(before, after))
                 post_row += 1
             edit_terms.append(torch.stack(nlls).mean())
-            locality_terms.append(torch.stack([torch.stack(v).mean() for v in kls.values()]).mean())
+            for kind, values in kls.items():
+                kind_terms[kind].append(torch.stack(values).mean())
         edit = torch.stack(edit_terms).mean()
-        locality = torch.stack(locality_terms).mean()
-        settings = self.loss_settings
-        total = settings.c_edit * edit + settings.c_loc * locality
-        return EditLosses(total, edit, locality, dict(outcomes))
+        audio = mean_or_zero(kind_terms[ProbeKind.LOCALITY_AUDIO], edit)
+        text = mean_or_zero(kind_terms[ProbeKind.LOCALITY_TEXT], edit)
+        total = settings.c_edit * edit + settings.c_loc * audio + settings.c_loc_text * text
+        return EditLosses(total, edit, audio, text, dict(outcomes))
 
     # ---------------------------------------------------------------- training
 
@@ -321,6 +388,8 @@ class HypernetModule(pl.LightningModule):
             "train/loss": losses.total,
             "train/edit_loss": losses.edit,
             "train/loc_loss": losses.locality,
+            "train/loc_audio_loss": losses.locality_audio,
+            "train/loc_text_loss": losses.locality_text,
         }
         logged.update({f"train/{key}": float(np.mean(v)) for key, v in losses.outcomes.items()})
         self.log_dict(logged, batch_size=len(cases))
@@ -350,6 +419,8 @@ class HypernetModule(pl.LightningModule):
             ("loss", losses.total),
             ("edit_loss", losses.edit),
             ("loc_loss", losses.locality),
+            ("loc_audio_loss", losses.locality_audio),
+            ("loc_text_loss", losses.locality_text),
         ):
             self._validation[name] += [float(value)] * len(cases)
         for key, values in losses.outcomes.items():
@@ -462,19 +533,80 @@ def split_for_training(
     """Training cases and a held-out validation slice of `validation_cases` cases.
 
     The slice comes from the release's validation split (SAKE's ALL_val) when it has one,
-    else from the end of the training split, which then no longer trains on it.
+    else from the end of the training split, which then no longer trains on it. Training
+    never asks the validation slice's text-locality questions (see `without_text_of`).
     """
     train = list(splits.get("train") or [])
     if validation_cases < 1:
         raise ValueError("task.validation.cases must be at least 1")
     if splits.get("val"):
-        return train, list(splits["val"])[:validation_cases]
+        val = list(splits["val"])[:validation_cases]
+        return without_text_of(val, train), val
     if len(train) <= validation_cases:
         raise ValueError(
             f"the training split has {len(train)} cases, too few to hold out "
             f"{validation_cases} for validation"
         )
-    return train[:-validation_cases], train[-validation_cases:]
+    val = train[-validation_cases:]
+    return without_text_of(val, train[:-validation_cases]), val
+
+
+def with_unfamiliar_text(cases: Sequence[EditCase], rng: np.random.Generator) -> list[EditCase]:
+    """Every case with one more text-locality probe: its text question with foreign options.
+
+    The options come from another case's text question with as many (other) options, drawn
+    with `rng`; the probe's answer is that question's answer (the locality KL follows the
+    unedited model's own output). A question whose options are not lines of its text gets no
+    such probe.
+    """
+    donors = list({probe: None for case in cases for probe in case.locality_text})
+    return [
+        replace(
+            case,
+            locality_text=(
+                *case.locality_text,
+                *filter(None, (unfamiliar(probe, donors, rng) for probe in case.locality_text)),
+            ),
+        )
+        for case in cases
+    ]
+
+
+def unfamiliar(probe: Probe, donors: Sequence[Probe], rng: np.random.Generator) -> Probe | None:
+    """`probe` asked with the options of a donor question drawn from `donors`, if it has any."""
+    lines = probe.question.split("\n")
+    if not probe.options or not set(probe.options) <= set(lines):
+        return None
+    fitting = [
+        donor
+        for donor in donors
+        if donor.question != probe.question
+        and len(donor.options) == len(probe.options)
+        and donor.options != probe.options
+    ]
+    if not fitting:
+        return None
+    donor = fitting[int(rng.integers(len(fitting)))]
+    swapped = dict(zip(probe.options, donor.options, strict=True))
+    question = "\n".join(swapped.get(line, line) for line in lines)
+    return replace(probe, question=question, options=donor.options, answer=donor.answer)
+
+
+def without_text_of(held_out: Sequence[EditCase], cases: Sequence[EditCase]) -> list[EditCase]:
+    """`cases` without the text-locality probes whose question a `held_out` case asks.
+
+    Validation and training draw text questions from the same bank while the test split asks
+    unseen ones; keeping validation's questions out of training makes validation measure text
+    locality the way the test does.
+    """
+    asked = {probe.question for case in held_out for probe in case.locality_text}
+    return [
+        replace(
+            case,
+            locality_text=tuple(p for p in case.locality_text if p.question not in asked),
+        )
+        for case in cases
+    ]
 
 
 # --------------------------------------------------------------------------- fitting
@@ -538,6 +670,10 @@ def train_hypernet(
     """Train from scratch (or resume `settings.ckpt_path`); keep the best validation model."""
     fingerprint = lalm.fingerprint()
     module = build_module(config, lalm, settings, context.seed, cache_root)
+    fit_preserved_subspace(module, train_cases)
+    if settings.get("unfamiliar_text"):
+        train_cases = with_unfamiliar_text(train_cases, context.rng(37))
+        val_cases = with_unfamiliar_text(val_cases, context.rng(41))
     trainer_cfg = stage_trainer_config(context, settings)
     data = EditCaseDataModule(
         train_cases,
@@ -552,7 +688,16 @@ def train_hypernet(
         "settings": {
             key: value
             for key, value in _plain(settings).items()
-            if key in ("cases_per_step", "loss", "pre_edit", "optimizer", "validation", "trainer")
+            if key
+            in (
+                "cases_per_step",
+                "loss",
+                "unfamiliar_text",
+                "pre_edit",
+                "optimizer",
+                "validation",
+                "trainer",
+            )
         },
         "losses": asdict(module.loss_settings),
         "train_cases": len(train_cases),
@@ -561,6 +706,20 @@ def train_hypernet(
     }
     manifest = expected_manifest(config, module.matrices, fingerprint, training)
     return TrainedHypernet(manifest, best_state, metrics)
+
+
+def fit_preserved_subspace(module: HypernetModule, cases: Sequence[EditCase]) -> None:
+    """Fit the network's preserved input directions, if it has any, to the text-locality
+    probes of `cases` with the answers the locality KL follows."""
+    preserved = getattr(module.network, "preserved", None)
+    if preserved is None or not preserved.rank:
+        return
+    probes = list({probe: None for case in cases for probe in case.locality_text})
+    if not probes:
+        raise ValueError("preserve_rank > 0 needs training cases with text-locality probes")
+    answers = module.locality_answers.answers(module.lalm, probes)
+    include_end = module.loss_settings.include_end
+    preserved.fit(input_moments(module.lalm, probes, answers, module.matrices, include_end))
 
 
 def fit_hypernet(
