@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -24,11 +25,17 @@ from sake.models.modeling_desta import (
     CONNECTOR_PREFIX,
     LLM_PREFIX,
     CheckpointMismatchError,
+    DestaAudioEncoderConfig,
 )
 from sake.models.tokenizer import AUDIO_END, AUDIO_START, IM_END, load_tokenizer
 from sake.training.callbacks import NonFiniteLossError
-from sake.training.clips import manifest_clips
-from sake.training.data import plan_batches
+from sake.training.clips import (
+    ClipFeatures,
+    cached_features,
+    compute_features,
+    manifest_clips,
+)
+from sake.training.data import clip_batches, plan_batches
 from sake.training.distill import (
     InstructionSettings,
     cache_path,
@@ -37,7 +44,12 @@ from sake.training.distill import (
     write_records,
 )
 from sake.training.examples import ChatExample
-from sake.training.modules import BackboneModule, TrainableSubsetModule
+from sake.training.modules import (
+    BackboneModule,
+    TrainableSubsetModule,
+    attention_pool,
+    masked_mean,
+)
 from sake.training.prompts import (
     IGNORE_INDEX,
     chat_prompt,
@@ -53,6 +65,7 @@ from sake.training.stages import (
     prepare_backbone,
     prepare_connector,
     prepare_encoder,
+    track_repeats,
     train_backbone_stage,
     train_connector_stage,
     train_encoder_stage,
@@ -89,6 +102,7 @@ FEW_STEPS = [
     "task.optimizer.warmup_steps=1",
 ]
 NO_VALIDATION = ["task.validation=null"]
+ENCODER_ON_CORPUS = ["task.pool=null"]  # the corpus's own clips, no larger pool to render
 BACKBONE_THAT_ANSWERS = [
     # Description questions only, at a high rate: after 60 steps the backbone writes answers
     # (not yet right ones), which is all stage 1 needs here.
@@ -168,7 +182,7 @@ def fresh_backbone_dir(workdir: Path, tokenizer: PreTrainedTokenizerFast) -> Pat
 @pytest.fixture(scope="module")
 def encoder_path(workdir: Path, tokenizer: PreTrainedTokenizerFast, tiny_corpus: Path) -> Path:
     out = workdir / "encoder"
-    cfg = compose_train(out, ["task=encoder", *FEW_STEPS, *NO_VALIDATION])
+    cfg = compose_train(out, ["task=encoder", *FEW_STEPS, *NO_VALIDATION, *ENCODER_ON_CORPUS])
     train_encoder_stage(
         cfg.task, context_for(cfg, out), tokenizer, cfg.model.sizes, tiny_corpus / "audio"
     )
@@ -299,13 +313,90 @@ def test_backbone_steps_lower_the_loss_on_a_fixed_batch(
 def test_encoder_steps_lower_the_loss_and_only_the_encoder_is_kept(
     tiny_corpus: Path, encoder_path: Path, tmp_path: Path
 ) -> None:
-    cfg = compose_train(tmp_path, ["task=encoder", *FEW_STEPS, *NO_VALIDATION, "task.augment=null"])
+    cfg = compose_train(
+        tmp_path,
+        ["task=encoder", *FEW_STEPS, *NO_VALIDATION, *ENCODER_ON_CORPUS, "task.augment=null"],
+    )
     prepared = prepare_encoder(
         cfg.task, context_for(cfg, tmp_path), cfg.model.sizes, tiny_corpus / "audio"
     )
     assert_few_steps_lower_the_loss(prepared, cfg, tmp_path)
     keys = safetensors_keys(encoder_path)
     assert keys and all(k.startswith(f"{AUDIO_ENCODER_PREFIX}.") for k in keys)
+
+
+def test_cached_features_equal_computed_ones_and_are_read_back(
+    tiny_corpus: Path, tmp_path: Path
+) -> None:
+    config = DestaAudioEncoderConfig(n_mels=16, d_model=8, n_layers=1, n_heads=1, ffn_dim=8)
+    clips = manifest_clips(tiny_corpus / "audio", "train")[:5]
+    first = cached_features(clips, config, tmp_path)
+    (stored,) = tmp_path.glob("features-*.pt")
+    computed = compute_features([c.path for c in clips], config)
+    torch.testing.assert_close(first.features, computed.features)
+    torch.testing.assert_close(first.masks, computed.masks)
+    torch.save({"features": first.features + 1, "masks": first.masks}, stored)
+    torch.testing.assert_close(
+        cached_features(clips, config, tmp_path).features, first.features + 1
+    )
+    assert len(cached_features(clips[:4], config, tmp_path)) == 4
+
+
+def test_attention_pooling_starts_as_the_masked_mean_and_ignores_padded_frames() -> None:
+    hidden = torch.randn(2, 5, 8)
+    mask = torch.tensor([[True] * 5, [True, True, True, False, False]])
+    pooled = attention_pool(hidden, torch.zeros(3, 8), mask)
+    assert pooled.shape == (2, 3, 8)
+    for query in range(3):
+        torch.testing.assert_close(pooled[:, query], masked_mean(hidden, mask))
+    padded = hidden.clone()
+    padded[1, 3:] = 1e3
+    queries = torch.randn(3, 8)
+    torch.testing.assert_close(
+        attention_pool(padded, queries, mask)[1], attention_pool(hidden, queries, mask)[1]
+    )
+
+
+def test_encoder_pool_renders_more_training_clips_once_and_oversamples_a_track(
+    tiny_corpus: Path, tmp_path: Path
+) -> None:
+    overrides = ["task=encoder", *FEW_STEPS, *NO_VALIDATION, "dataset.scale=tiny"]
+    overrides += ["task.pool.clips_factor=2", "task.pool.task_clips_factor=1"]
+    cfg = compose_train(tmp_path, overrides)
+    prepared = prepare_encoder(
+        cfg.task, context_for(cfg, tmp_path), cfg.model.sizes, tiny_corpus / "audio"
+    )
+    pool_root = Path(cfg.task.pool.root)
+    corpus_clips = manifest_clips(tiny_corpus / "audio", "train")
+    pool_clips = manifest_clips(pool_root, "train")
+    per_label = Counter((c.info.track, c.info.labels[c.info.track]) for c in pool_clips)
+    corpus_per_label = Counter((c.info.track, c.info.labels[c.info.track]) for c in corpus_clips)
+    assert per_label["Language", "French"] == 2 * corpus_per_label["Language", "French"]
+    assert per_label["Animal", "dog"] == 2 * corpus_per_label["Animal", "dog"]
+    assert not manifest_clips(pool_root, "test")
+    assert len(prepared.data.train.batches[0]) == 8
+
+    stamps = {c.path: c.path.stat().st_mtime_ns for c in pool_clips}
+    prepare_encoder(cfg.task, context_for(cfg, tmp_path), cfg.model.sizes, tiny_corpus / "audio")
+    assert {c.path: c.path.stat().st_mtime_ns for c in pool_clips} == stamps
+
+    repeats = track_repeats(pool_clips, {"Language": 3})
+    language = {i for i, c in enumerate(pool_clips) if c.info.track == "Language"}
+    features = ClipFeatures(torch.zeros(len(pool_clips), 1, 1), torch.ones(len(pool_clips), 1))
+    targets = torch.zeros(len(pool_clips), 1, dtype=torch.long)
+    one_pass = clip_batches(features, targets, 1, sum(repeats), 0, None, repeats=repeats)
+    drawn = Counter(int(i) for b in one_pass.batches for i in b)
+    assert all(drawn[i] == 3 for i in language)
+    assert all(drawn[i] == 1 for i in range(len(pool_clips)) if i not in language)
+    with pytest.raises(ValueError, match="unknown tracks"):
+        track_repeats(pool_clips, {"Languages": 2})
+
+    led = clip_batches(
+        features, targets, 2, 12, 0, None, lead_clips=sorted(language), lead_batches=5
+    )
+    assert len(led.batches) == 12
+    assert all(set(b.tolist()) <= language for b in led.batches[:5])
+    assert any(set(b.tolist()) - language for b in led.batches[5:])
 
 
 @pytest.mark.parametrize("targets", [DISTILLED, GROUND_TRUTH])
@@ -320,7 +411,13 @@ def test_connector_steps_lower_the_loss_on_a_fixed_batch(
     if targets == DISTILLED:
         # Stage-1 responses of this freshly initialised backbone would be empty: seed its
         # cache with answers, which also shows that a cached stage 1 is read back.
-        settings = InstructionSettings(rounds=1, portability_share=0.5, max_new_tokens=4, seed=0)
+        settings = InstructionSettings(
+            rounds=1,
+            portability_share=0.5,
+            max_new_tokens=4,
+            seed=0,
+            off_track_share=cfg.task.stage1.off_track_share,
+        )
         clips = manifest_clips(audio, "train")
         instructions = sample_instructions(clips, settings)
         path = cache_path(cache, fresh_backbone_dir, clips, instructions, settings)
@@ -337,6 +434,18 @@ def test_connector_steps_lower_the_loss_on_a_fixed_batch(
     )
     assert prepared.metrics.get("stage1/cache_hit", 1.0) == 1.0
     assert_few_steps_lower_the_loss(prepared, cfg, tmp_path, by=0.02)
+
+
+def test_stage1_asks_only_about_a_clips_own_track_unless_told_otherwise(
+    tiny_corpus: Path,
+) -> None:
+    clips = manifest_clips(tiny_corpus / "audio", "train")
+    speech = [c for c in clips if "Language" in c.info.labels]
+    own_only = InstructionSettings(2, 0.5, 4, seed=0, off_track_share=0.0)
+    every = InstructionSettings(2, 0.5, 4, seed=0, off_track_share=1.0)
+    assert len(sample_instructions(clips, own_only)) == 2 * len(clips)
+    extra = len(sample_instructions(clips, every)) - len(sample_instructions(clips, own_only))
+    assert extra == 2 * sum(len(c.info.labels) - 1 for c in speech) > 0
 
 
 def test_distillation_caches_stage1_and_trains_only_the_connector(
@@ -549,7 +658,7 @@ def test_pipeline_exports_float16_weights_that_load_and_resumes_finished_stages(
         "task.stages.tokenizer.imagined_clips=150",
         "task.stages.tokenizer.knowledge_rounds=1",
         *stage_overrides("backbone", BACKBONE_THAT_ANSWERS),
-        *stage_overrides("encoder", [*FEW_STEPS, *NO_VALIDATION]),
+        *stage_overrides("encoder", [*FEW_STEPS, *NO_VALIDATION, *ENCODER_ON_CORPUS]),
         *stage_overrides("distill", [*FEW_STEPS, *CONNECTOR_FAST]),
     ]
     cfg = compose_train(tmp_path / "run", overrides)

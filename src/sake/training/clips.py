@@ -8,8 +8,10 @@ connector training, so that a training step costs only the connector and the LLM
 
 from __future__ import annotations
 
+import hashlib
+import json
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -108,6 +110,12 @@ class ClipFeatures:
     def __len__(self) -> int:
         return int(self.features.shape[0])
 
+    @staticmethod
+    def concatenate(parts: Sequence[ClipFeatures]) -> ClipFeatures:
+        return ClipFeatures(
+            torch.cat([p.features for p in parts]), torch.cat([p.masks for p in parts])
+        )
+
 
 def compute_features(
     paths: Sequence[Path], config: DestaAudioEncoderConfig, *, progress: bool = False
@@ -134,6 +142,37 @@ def compute_features(
             torch.zeros((0, frames), dtype=torch.bool),
         )
     return ClipFeatures(torch.cat(features), torch.cat(masks))
+
+
+def cached_features(
+    clips: Sequence[Clip],
+    config: DestaAudioEncoderConfig,
+    cache_dir: Path | None,
+    *,
+    progress: bool = False,
+) -> ClipFeatures:
+    """`compute_features` of the clips, kept under `cache_dir` (None: not kept).
+
+    The key is the front end's settings and every clip's path and fingerprint, so the
+    encoder and distillation stages compute a pool's features once between them.
+    """
+    if cache_dir is None:
+        return compute_features([c.path for c in clips], config, progress=progress)
+    payload = {
+        "front_end": asdict(config.mel_config()),
+        "clips": [(c.info.relative_path, c.fingerprint) for c in clips],
+    }
+    key = hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
+    path = Path(cache_dir) / f"features-{key}.pt"
+    if path.is_file():
+        stored = torch.load(path, map_location="cpu", weights_only=True)
+        return ClipFeatures(stored["features"], stored["masks"])
+    features = compute_features([c.path for c in clips], config, progress=progress)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_suffix(".partial")
+    torch.save({"features": features.features, "masks": features.masks}, partial)
+    partial.replace(path)
+    return features
 
 
 @dataclass

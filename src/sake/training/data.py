@@ -213,10 +213,28 @@ def clip_batches(
     n_batches: int,
     seed: int,
     augment: SpecAugment | None,
+    *,
+    repeats: Sequence[int] | None = None,
+    lead_clips: Sequence[int] = (),
+    lead_batches: int = 0,
 ) -> PlannedBatches:
-    """Encoder-pretraining batches; augmentation is seeded by the batch's position."""
+    """Encoder-pretraining batches; augmentation is seeded by the batch's position.
+
+    `repeats[i]` is how many times clip i appears in a pass (oversampling a track); the first
+    `lead_batches` batches hold only `lead_clips` (a skill learnt alone before the rest).
+    """
     rng = np.random.default_rng([seed, 1])
-    plan = plan_batches([1] * len(features), batch_size, n_batches, rng)
+    counts = np.ones(len(features), dtype=np.int64) if repeats is None else np.asarray(repeats)
+    if len(counts) != len(features):
+        raise ValueError(f"{len(counts)} repeat counts for {len(features)} clips")
+    lead_batches = min(lead_batches, n_batches)
+    plan = []
+    if lead_batches:
+        lead = np.asarray(lead_clips, dtype=np.int64)
+        plan += [lead[b] for b in plan_batches([1] * len(lead), batch_size, lead_batches, rng)]
+    pass_clips = np.repeat(np.arange(len(features)), counts)
+    rest = n_batches - lead_batches
+    plan += [pass_clips[b] for b in plan_batches([1] * len(pass_clips), batch_size, rest, rng)]
 
     def collate(position: int, batch: np.ndarray) -> dict:
         index = torch.from_numpy(batch.astype(np.int64))

@@ -70,6 +70,7 @@ class InstructionSettings:
     portability_share: float
     max_new_tokens: int
     seed: int
+    off_track_share: float = 1.0
 
 
 def sample_instructions(clips: Sequence[Clip], settings: InstructionSettings) -> list[Instruction]:
@@ -79,7 +80,7 @@ def sample_instructions(clips: Sequence[Clip], settings: InstructionSettings) ->
     for _ in range(settings.rounds):
         for clip in clips:
             for example in examples.clip_examples(
-                clip.info, "train", rng, settings.portability_share
+                clip.info, "train", rng, settings.portability_share, settings.off_track_share
             ):
                 found.append(
                     Instruction(

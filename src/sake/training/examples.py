@@ -125,13 +125,24 @@ def auditory_task_example(clip: ClipInfo, rng: np.random.Generator) -> ChatExamp
 
 
 def clip_examples(
-    clip: ClipInfo, split: str, rng: np.random.Generator, portability_share: float = 0.5
+    clip: ClipInfo,
+    split: str,
+    rng: np.random.Generator,
+    portability_share: float = 0.5,
+    off_track_share: float = 1.0,
 ) -> list[ChatExample]:
-    """Questions about one clip: one per attribute it has, recognition or portability."""
+    """Questions about one clip: one per attribute it has, recognition or portability.
+
+    An attribute other than the clip's own track is asked about with probability
+    `off_track_share`: every speech track is otherwise English, so at 1.0 half of all language
+    questions would be about English speech.
+    """
     if clip.track.startswith(f"{TASK_TRACK_PREFIX}/"):
         return [auditory_task_example(clip, rng)]
     examples = []
     for attribute in clip.labels:
+        if attribute != clip.track and rng.random() >= off_track_share:
+            continue
         if rng.random() < portability_share:
             examples.append(portability_example(clip, attribute, split, rng))
         else:

@@ -253,9 +253,12 @@ class ConnectorModule(GenerationModule):
 
 
 class EncoderModule(TrainableSubsetModule):
-    """Audio-encoder pretraining: a linear head per label family on the mean-pooled output.
+    """Audio-encoder pretraining: a linear head per label family on a pooled output.
 
-    The heads exist only for this stage; the encoder's weights are what the model keeps.
+    Pooling is the mean over frames or, per family, attention with one learned query (as the
+    connector's queries will read the encoder): with a shared mean, every family competes for
+    the same 192 numbers and language identification loses. The queries start at zero, which
+    is the mean. Heads and queries exist only for this stage; the model keeps the encoder.
     """
 
     def __init__(
@@ -265,26 +268,42 @@ class EncoderModule(TrainableSubsetModule):
         optimizer: OptimizerSettings,
         seed: int,
         class_weights: Sequence[Tensor] | None = None,
+        *,
+        pooling: str = "mean",
+        family_weights: Mapping[str, float] | None = None,
     ) -> None:
         super().__init__(optimizer)
+        if pooling not in ("mean", "attention"):
+            raise ValueError(f"pooling must be 'mean' or 'attention', got {pooling!r}")
+        unknown = sorted(set(family_weights or {}) - set(families))
+        if unknown:
+            raise ValueError(f"family_weights names unknown families {unknown}")
         self.families = list(families)
+        self.family_weights = {f: float((family_weights or {}).get(f, 1.0)) for f in families}
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             self.encoder = WhisperAudioEncoder(config)
             self.heads = nn.ModuleList(
                 nn.Linear(config.d_model, len(labels)) for labels in families.values()
             )
+        self.pool_queries = (
+            nn.Parameter(torch.zeros(len(families), config.d_model))
+            if pooling == "attention"
+            else None
+        )
         for index, weights in enumerate(class_weights or ()):
             self.register_buffer(f"class_weights_{index}", weights.float(), persistent=False)
         self._correct: dict[str, list[bool]] = defaultdict(list)
 
     def forward(self, features: Tensor, feature_mask: Tensor) -> list[Tensor]:
         """Logits of every family's head, each (clips, labels)."""
-        last = self.encoder(features, feature_mask)[-1]
-        pooled = masked_mean(
-            self.encoder.encoder.layer_norm(last), self.encoder.frame_mask(feature_mask)
-        )
-        return [head(pooled) for head in self.heads]
+        last = self.encoder.encoder.layer_norm(self.encoder(features, feature_mask)[-1])
+        frame_mask = self.encoder.frame_mask(feature_mask)
+        if self.pool_queries is None:
+            pooled = masked_mean(last, frame_mask)
+            return [head(pooled) for head in self.heads]
+        pooled = attention_pool(last, self.pool_queries, frame_mask)
+        return [head(pooled[:, i]) for i, head in enumerate(self.heads)]
 
     def family_losses(self, logits: Sequence[Tensor], targets: Tensor) -> dict[str, Tensor]:
         """Cross-entropy of each family over the clips that carry one of its labels."""
@@ -300,9 +319,10 @@ class EncoderModule(TrainableSubsetModule):
         return losses
 
     def loss(self, batch: Mapping) -> Tensor:
-        """Sum over label families of each family's mean cross-entropy."""
+        """Weighted sum over label families of each family's mean cross-entropy."""
         logits = self(batch["features"], batch["feature_mask"])
-        return torch.stack(list(self.family_losses(logits, batch["targets"]).values())).sum()
+        losses = self.family_losses(logits, batch["targets"])
+        return torch.stack([self.family_weights[f] * loss for f, loss in losses.items()]).sum()
 
     def on_validation_epoch_start(self) -> None:
         self._correct = defaultdict(list)
@@ -317,6 +337,16 @@ class EncoderModule(TrainableSubsetModule):
 
     def on_validation_epoch_end(self) -> None:
         self.record_validation(group_accuracies(self._correct))
+
+
+def attention_pool(hidden: Tensor, queries: Tensor, mask: Tensor | None) -> Tensor:
+    """(clips, frames, width) pooled by each of (n, width) queries -> (clips, n, width)."""
+    scores = torch.einsum("btd,nd->bnt", hidden, queries.to(hidden.dtype)) / math.sqrt(
+        hidden.shape[-1]
+    )
+    if mask is not None:
+        scores = scores.masked_fill(~mask.unsqueeze(1), torch.finfo(scores.dtype).min)
+    return torch.einsum("bnt,btd->bnd", scores.softmax(dim=-1), hidden)
 
 
 def masked_mean(hidden: Tensor, mask: Tensor | None) -> Tensor:

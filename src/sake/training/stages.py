@@ -25,6 +25,8 @@ from transformers import PreTrainedTokenizerFast
 
 from sake.data.schema import LABELS
 from sake.data.synth import auditory, chat, knowledge, questions, sentences, textbank
+from sake.data.synth.build import build_clip_pool
+from sake.data.synth.scales import resolve_scale
 from sake.models.desta import CONFIG_FILE, TOKENIZER_DIR, build_random_desta_tiny
 from sake.models.modeling_desta import (
     AUDIO_ENCODER_PREFIX,
@@ -41,9 +43,10 @@ from sake.models.tokenizer import load_tokenizer, train_tokenizer
 from sake.training import distill, examples
 from sake.training.clips import (
     Clip,
+    ClipFeatures,
+    cached_features,
     class_weights,
     compute_encoder_states,
-    compute_features,
     label_families,
     label_targets,
     manifest_clips,
@@ -241,11 +244,12 @@ def prepare_encoder(
     """The encoder with a head per label family; train clips to learn, test clips to check."""
     config = DestaAudioEncoderConfig(**dict(sizes.get("encoder") or {}))
     families = label_families()
-    train_clips = manifest_clips(audio_root, "train")
+    train_clips = manifest_clips(encoder_pool(settings.get("pool"), audio_root), "train")
     test_clips = manifest_clips(audio_root, "test") if settings.get("validation") else []
     progress = context.progress
-    train_features = compute_features([c.path for c in train_clips], config, progress=progress)
-    test_features = compute_features([c.path for c in test_clips], config, progress=progress)
+    cache = feature_cache_dir(settings)
+    train_features = cached_features(train_clips, config, cache, progress=progress)
+    test_features = cached_features(test_clips, config, cache, progress=progress)
     trainer_cfg = stage_trainer_config(context, settings)
     augment = SpecAugment(**settings.augment) if settings.get("augment") else None
     train_targets = label_targets(train_clips, families)
@@ -256,6 +260,8 @@ def prepare_encoder(
         int(trainer_cfg.max_steps),
         context.seed,
         augment,
+        repeats=track_repeats(train_clips, settings.get("oversample") or {}),
+        **lead_phase(train_clips, settings.get("lead")),
     )
     val = None
     if settings.get("validation"):
@@ -266,13 +272,70 @@ def prepare_encoder(
         )
     weights = class_weights(train_targets, families) if settings.balance_classes else None
     module = EncoderModule(
-        config, families, OptimizerSettings(**settings.optimizer), context.seed, weights
+        config,
+        families,
+        OptimizerSettings(**settings.optimizer),
+        context.seed,
+        weights,
+        pooling=str(settings.get("pooling", "mean")),
+        family_weights=dict(settings.get("family_weights") or {}),
     )
     metrics = {
         "data/train_clips": float(len(train_clips)),
         "data/test_clips": float(len(test_clips)),
     }
     return PreparedStage(module, PlannedDataModule(train, val), metrics)
+
+
+def encoder_pool(pool: DictConfig | None, audio_root: Path) -> Path:
+    """Where the encoder's training clips are: a larger clip pool if configured, else the corpus.
+
+    Whisper learns to hear from far more audio than any benchmark holds; the pool plays that
+    part, drawn from the same generator (`pool.root` caches it, rendered on first use).
+    """
+    if pool is None:
+        return audio_root
+    base = resolve_scale(str(pool.scale))
+    scale = resolve_scale(
+        str(pool.scale),
+        train_clips_per_label=round(base.train_clips_per_label * float(pool.clips_factor)),
+        train_task_clips_per_label=round(
+            base.train_task_clips_per_label * float(pool.task_clips_factor)
+        ),
+    )
+    return build_clip_pool(
+        Path(pool.root), scale, int(pool.seed), workers=int(pool.get("workers", 2))
+    )
+
+
+def feature_cache_dir(settings: DictConfig) -> Path | None:
+    cache = settings.get("feature_cache")
+    return Path(cache) if cache else None
+
+
+def lead_phase(clips: Sequence[Clip], lead: DictConfig | None) -> dict:
+    """clip_batches arguments for a first phase on some tracks alone (none if `lead` is null)."""
+    if not lead or not int(lead.steps):
+        return {}
+    tracks = set(lead.tracks)
+    chosen = [i for i, clip in enumerate(clips) if clip.info.track in tracks]
+    if not chosen:
+        raise ValueError(f"lead.tracks {sorted(tracks)} match none of the training clips")
+    return {"lead_clips": chosen, "lead_batches": int(lead.steps)}
+
+
+def track_repeats(clips: Sequence[Clip], oversample: Mapping[str, int]) -> list[int]:
+    """How often each clip appears in one pass over the training clips (1 unless oversampled)."""
+    tracks = {clip.info.track for clip in clips}
+    unknown = sorted(set(oversample) - tracks)
+    if unknown:
+        raise ValueError(
+            f"oversample names unknown tracks {unknown}; the clips have {sorted(tracks)}"
+        )
+    for track, times in oversample.items():
+        if int(times) < 1:
+            raise ValueError(f"oversample.{track} must be a whole number >= 1, got {times}")
+    return [int(oversample.get(clip.info.track, 1)) for clip in clips]
 
 
 def train_encoder_stage(
@@ -431,9 +494,10 @@ def prepare_connector(
         portability_share=float(settings.stage1.portability_share),
         max_new_tokens=int(settings.stage1.max_new_tokens),
         seed=context.seed,
+        off_track_share=float(settings.stage1.get("off_track_share", 1.0)),
     )
     validation = settings.get("validation")
-    train_clips = manifest_clips(audio_root, "train")
+    train_clips = manifest_clips(encoder_pool(settings.get("pool"), audio_root), "train")
     val_clips = []
     if validation:
         val_clips = select_per_track(
@@ -464,8 +528,13 @@ def prepare_connector(
             f"the backbone in {backbone_dir} answered none of the stage-1 instructions "
             "(every response empty); train it longer before distilling"
         )
-    clips = [*train_clips, *val_clips]
-    features = compute_features([c.path for c in clips], model.config.encoder, progress=False)
+    cache = feature_cache_dir(settings)
+    features = ClipFeatures.concatenate(
+        [
+            cached_features(train_clips, model.config.encoder, cache),
+            cached_features(val_clips, model.config.encoder, cache),
+        ]
+    )
     states = compute_encoder_states(
         model.perception.whisper, features, model.config.connector.tapped_layers
     )

@@ -1,4 +1,5 @@
-"""Build a synthetic SAKE-format release directory: audio under audio/, JSON under data/."""
+"""Build a synthetic SAKE-format release directory (audio under audio/, JSON under data/), or
+a clip pool alone (audio and its manifest, no cases) for pretraining an audio encoder."""
 
 from __future__ import annotations
 
@@ -42,3 +43,26 @@ def build_synthetic_release(
     write_release(corpus.splits, corpus.sequences, out)
     stamp.write_text(json.dumps(corpus_stamp(scale, seed), indent=2) + "\n", encoding="utf-8")
     return corpus
+
+
+def build_clip_pool(
+    out: Path,
+    scale: SynthScale,
+    seed: int,
+    *,
+    split: str = "train",
+    workers: int = 2,
+    progress: bool = True,
+) -> Path:
+    """Render the clips of one split of a corpus plan at `out` (no cases); return `out`.
+
+    An encoder learns from more clips than the cases need: a pool is the generator's clip plan
+    at a larger scale. Clips already rendered with the same specification are reused.
+    """
+    out = Path(out)
+    pools = plan_pools(scale, seed)
+    if split not in pools:
+        raise ValueError(f"unknown split {split!r}; a clip plan has {sorted(pools)}")
+    specs = list(all_specs({split: pools[split]}))
+    render_pools(specs, out, workers=workers, progress=progress)
+    return out
