@@ -50,6 +50,7 @@ from sake.training.modules import (
     attention_pool,
     masked_mean,
 )
+from sake.training.pipeline import recipe
 from sake.training.prompts import (
     IGNORE_INDEX,
     chat_prompt,
@@ -586,6 +587,14 @@ def test_resuming_from_a_checkpoint_with_other_keys_names_them(
 
 
 # --------------------------------------------------------------------------- configs and tasks
+
+
+def test_manifest_recipe_keeps_every_stage_and_no_machine_paths(tmp_path: Path) -> None:
+    cfg = compose_train(tmp_path, ["experiment=desta_tiny"])
+    written = recipe(cfg)
+    assert set(written["task"]["stages"]) == {"tokenizer", "backbone", "encoder", "distill"}
+    assert written["task"]["stages"]["encoder"]["pool"]["clips_factor"] == 4
+    assert str(tmp_path) not in json.dumps(written)
 
 
 def test_desta_tiny_experiment_composes(compose_cfg) -> None:

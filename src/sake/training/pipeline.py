@@ -53,7 +53,17 @@ from sake.utils.run import atomic_write_text
 MANIFEST_FILE = "MANIFEST.json"
 STAGE_RECORD = "stage.json"
 BUILD_COMMAND = "python train.py experiment=desta_tiny"
-PATH_KEYS = ("out_dir", "resume_dir", "tokenizer_dir", "backbone", "encoder", "ckpt_path")
+PATH_KEYS = (
+    "out_dir",
+    "resume_dir",
+    "tokenizer_dir",
+    "backbone",
+    "encoder",
+    "ckpt_path",
+    "root",
+    "feature_cache",
+    "default_root_dir",
+)
 
 
 def prepare_corpus(dataset_cfg: DictConfig) -> tuple[Any, Path]:
@@ -240,11 +250,12 @@ def recipe(cfg: DictConfig) -> dict:
 
 
 def _without_paths(node: Any) -> Any:
+    """`node` without path settings; a stage's whole config (e.g. `encoder`) is kept."""
     if isinstance(node, dict):
         return {
             k: _without_paths(v)
             for k, v in node.items()
-            if k not in PATH_KEYS and k != "default_root_dir"
+            if isinstance(v, dict) or k not in PATH_KEYS
         }
     return node
 
