@@ -66,6 +66,7 @@ from sake.training.stages import (
     prepare_backbone,
     prepare_connector,
     prepare_encoder,
+    track_clips,
     track_repeats,
     train_backbone_stage,
     train_connector_stage,
@@ -398,6 +399,30 @@ def test_encoder_pool_renders_more_training_clips_once_and_oversamples_a_track(
     assert len(led.batches) == 12
     assert all(set(b.tolist()) <= language for b in led.batches[:5])
     assert any(set(b.tolist()) - language for b in led.batches[5:])
+
+
+def test_clips_of_unaugmented_tracks_reach_the_encoder_untouched(
+    tiny_corpus: Path, tmp_path: Path
+) -> None:
+    overrides = ["task=encoder", "task.pool=null", *FEW_STEPS, *NO_VALIDATION]
+    overrides += ["dataset.scale=tiny", "task.lead=null", "task.unaugmented_tracks=[Language]"]
+    cfg = compose_train(tmp_path, overrides)
+    prepared = prepare_encoder(
+        cfg.task, context_for(cfg, tmp_path), cfg.model.sizes, tiny_corpus / "audio"
+    )
+    clips = manifest_clips(tiny_corpus / "audio", "train")
+    language = set(track_clips(clips, ["Language"]))
+    assert language and all(clips[i].info.track == "Language" for i in language)
+    config = DestaAudioEncoderConfig(**dict(cfg.model.sizes.encoder))
+    features = cached_features(clips, config, None)
+    batches = prepared.data.train
+    untouched: dict[bool, list[bool]] = {True: [], False: []}
+    for position, batch in enumerate(batches.batches):
+        drawn = batches.collate(position, batch)["features"]
+        for row, index in zip(drawn, batch.tolist(), strict=True):
+            untouched[index in language].append(torch.equal(row, features.features[index].float()))
+    assert untouched[True] and all(untouched[True])
+    assert untouched[False] and sum(untouched[False]) <= 0.1 * len(untouched[False])
 
 
 @pytest.mark.parametrize("targets", [DISTILLED, GROUND_TRUTH])

@@ -217,11 +217,13 @@ def clip_batches(
     repeats: Sequence[int] | None = None,
     lead_clips: Sequence[int] = (),
     lead_batches: int = 0,
+    plain_clips: Sequence[int] = (),
 ) -> PlannedBatches:
     """Encoder-pretraining batches; augmentation is seeded by the batch's position.
 
     `repeats[i]` is how many times clip i appears in a pass (oversampling a track); the first
-    `lead_batches` batches hold only `lead_clips` (a skill learnt alone before the rest).
+    `lead_batches` batches hold only `lead_clips` (a skill learnt alone before the rest);
+    `plain_clips` are never augmented (a skill the augmentation would erase).
     """
     rng = np.random.default_rng([seed, 1])
     counts = np.ones(len(features), dtype=np.int64) if repeats is None else np.asarray(repeats)
@@ -236,13 +238,18 @@ def clip_batches(
     rest = n_batches - lead_batches
     plan += [pass_clips[b] for b in plan_batches([1] * len(pass_clips), batch_size, rest, rng)]
 
+    plain = set(int(i) for i in plain_clips)
+
     def collate(position: int, batch: np.ndarray) -> dict:
         index = torch.from_numpy(batch.astype(np.int64))
         chosen = features.features[index].float()
         masks = features.masks[index]
         if augment is not None:
             batch_rng = np.random.default_rng([seed, 2, position])
-            pairs = [augment(f, m, batch_rng) for f, m in zip(chosen, masks, strict=True)]
+            pairs = [
+                (f, m) if int(i) in plain else augment(f, m, batch_rng)
+                for i, f, m in zip(batch, chosen, masks, strict=True)
+            ]
             chosen = torch.stack([f for f, _ in pairs])
             masks = torch.stack([m for _, m in pairs])
         return {"features": chosen, "feature_mask": masks, "targets": targets[index]}

@@ -261,6 +261,7 @@ def prepare_encoder(
         context.seed,
         augment,
         repeats=track_repeats(train_clips, settings.get("oversample") or {}),
+        plain_clips=track_clips(train_clips, settings.get("unaugmented_tracks") or []),
         **lead_phase(train_clips, settings.get("lead")),
     )
     val = None
@@ -317,11 +318,16 @@ def lead_phase(clips: Sequence[Clip], lead: DictConfig | None) -> dict:
     """clip_batches arguments for a first phase on some tracks alone (none if `lead` is null)."""
     if not lead or not int(lead.steps):
         return {}
-    tracks = set(lead.tracks)
-    chosen = [i for i, clip in enumerate(clips) if clip.info.track in tracks]
+    chosen = track_clips(clips, lead.tracks)
     if not chosen:
-        raise ValueError(f"lead.tracks {sorted(tracks)} match none of the training clips")
+        raise ValueError(f"lead.tracks {sorted(lead.tracks)} match none of the training clips")
     return {"lead_clips": chosen, "lead_batches": int(lead.steps)}
+
+
+def track_clips(clips: Sequence[Clip], tracks: Sequence[str]) -> list[int]:
+    """Positions of the clips on any of `tracks`."""
+    wanted = set(tracks)
+    return [i for i, clip in enumerate(clips) if clip.info.track in wanted]
 
 
 def track_repeats(clips: Sequence[Clip], oversample: Mapping[str, int]) -> list[int]:
