@@ -26,12 +26,14 @@ from sake.models.modeling_desta import (
     LLM_PREFIX,
     CheckpointMismatchError,
     DestaAudioEncoderConfig,
+    WhisperAudioEncoder,
 )
 from sake.models.tokenizer import AUDIO_END, AUDIO_START, IM_END, load_tokenizer
 from sake.training.callbacks import NonFiniteLossError
 from sake.training.clips import (
     ClipFeatures,
     cached_features,
+    compute_encoder_states,
     compute_features,
     manifest_clips,
 )
@@ -342,6 +344,20 @@ def test_cached_features_equal_computed_ones_and_are_read_back(
         cached_features(clips, config, tmp_path).features, first.features + 1
     )
     assert len(cached_features(clips[:4], config, tmp_path)) == 4
+
+
+def test_encoder_states_stop_on_values_float16_cannot_hold(tiny_corpus: Path) -> None:
+    config = DestaAudioEncoderConfig(n_mels=16, d_model=8, n_layers=1, n_heads=1, ffn_dim=8)
+    features = compute_features(
+        [c.path for c in manifest_clips(tiny_corpus / "audio", "train")[:3]], config
+    )
+    encoder = WhisperAudioEncoder(config)
+    states = compute_encoder_states(encoder, features, [0])
+    assert states.states.dtype == torch.float16 and bool(torch.isfinite(states.states).all())
+    with torch.no_grad():
+        encoder.encoder.layers[0].fc2.bias.fill_(1e6)
+    with pytest.raises(FloatingPointError, match="overflow float16"):
+        compute_encoder_states(encoder, features, [0])
 
 
 def test_attention_pooling_starts_as_the_masked_mean_and_ignores_padded_frames() -> None:

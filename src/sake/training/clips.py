@@ -28,6 +28,7 @@ from sake.models.modeling_desta import DestaAudioEncoderConfig, WhisperAudioEnco
 from sake.training.examples import ClipInfo
 
 FEATURE_CHUNK = 64
+FLOAT16_MAX = torch.finfo(torch.float16).max
 
 
 @dataclass(frozen=True)
@@ -218,18 +219,18 @@ def compute_encoder_states(
         chunk = features.features[begin : begin + FEATURE_CHUNK].float()
         chunk_masks = features.masks[begin : begin + FEATURE_CHUNK]
         hidden = encoder(chunk, chunk_masks)
-        states.append(torch.stack([hidden[i + 1] for i in tapped_layers], dim=1).half())
+        tapped = torch.stack([hidden[i + 1] for i in tapped_layers], dim=1)
+        if not bool(tapped.abs().amax() < FLOAT16_MAX):
+            raise FloatingPointError("encoder states overflow float16; the encoder diverged")
+        states.append(tapped.half())
         frame_mask = encoder.frame_mask(chunk_masks)
         if frame_mask is not None:
             masks.append(frame_mask)
     encoder.train(was_training)
-    stacked = torch.cat(states)
-    if not bool(torch.isfinite(stacked).all()):
-        raise FloatingPointError("encoder states overflow float16; the encoder diverged")
     return EncoderStates(
         tapped_layers=tuple(int(i) for i in tapped_layers),
         n_layers=encoder.config.n_layers,
-        states=stacked,
+        states=torch.cat(states),
         frame_masks=torch.cat(masks) if masks else None,
     )
 
