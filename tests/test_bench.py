@@ -106,7 +106,16 @@ def test_benchmark_judges_both_protocols_alike_and_ends_with_a_json_summary(
             entry["ours_cases_per_s"] / entry["reference_cases_per_s"], rel=0.02
         )
     results = {result.key: result for result in benchmark.results}
-    assert results["ft_audio/single"].ours.phases["edit"] > 0
+    ft_audio = results["ft_audio/single"]
+    assert ft_audio.ours.phases["edit"] > 0
+    assert ft_audio.speedup_ceiling == pytest.approx(
+        ft_audio.reference.seconds / ft_audio.ours.phases["edit"]
+    )
+    assert all(result.speedup_ceiling >= result.speedup for result in benchmark.results)
+    assert any(
+        "speed-up ceiling with everything but the edit free: " in line
+        for line in report_lines(benchmark)
+    )
     assert len(results["ft_llm/sequential"].reference.records) == 3  # (0,0), (1,0), (1,1)
     assert all(torch.equal(p, before[n]) for n, p in lalm.model.state_dict().items())
     assert benchmark.peak_rss_bytes >= benchmark.peak_rss_ours_bytes > 0

@@ -114,6 +114,14 @@ class BenchResult:
         return self.ours.cases_per_s / self.reference.cases_per_s
 
     @property
+    def speedup_ceiling(self) -> float:
+        """The speed-up the project's runner would reach if everything but the method's own
+        edit took no time: the reference's wall time over the runner's edit time (Amdahl's
+        bound; infinite for methods whose edit takes no measurable time)."""
+        edit = self.ours.phases.get(EDIT_PHASE, 0.0)
+        return self.reference.seconds / edit if edit > 0 else float("inf")
+
+    @property
     def cpu_speedup(self) -> float:
         """The speed-up in CPU time, which load from other processes does not inflate."""
         return self.reference.cpu_seconds / self.ours.cpu_seconds

@@ -72,6 +72,7 @@ def result_lines(result: BenchResult) -> list[str]:
         f"  project runner phases: {phases_text(result.ours)}; outside the edit "
         f"{result.ours.outside_edit_share:.0%} of the time; pre-edit outputs generated: "
         f"{result.ours.pre_edit_generated}",
+        f"  speed-up ceiling with everything but the edit free: {ceiling_text(result)}",
         f"  reference phases: {phases_text(result.reference)}",
     ]
     if comparison.unmatched_records:
@@ -82,6 +83,11 @@ def result_lines(result: BenchResult) -> list[str]:
     if hidden > 0:
         lines.append(f"  ... and {hidden} more differing probes")
     return lines
+
+
+def ceiling_text(result: BenchResult) -> str:
+    ceiling = result.speedup_ceiling
+    return "none (the edit takes no time)" if ceiling == float("inf") else f"{ceiling:.2f}x"
 
 
 def run_time(run: ProtocolRun) -> str:
