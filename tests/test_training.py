@@ -31,10 +31,14 @@ from sake.models.modeling_desta import (
 from sake.models.tokenizer import AUDIO_END, AUDIO_START, IM_END, load_tokenizer
 from sake.training.callbacks import NonFiniteLossError
 from sake.training.clips import (
+    Clip,
     ClipFeatures,
     cached_features,
+    class_weights,
     compute_encoder_states,
     compute_features,
+    label_families,
+    label_targets,
     manifest_clips,
 )
 from sake.training.data import clip_batches, plan_batches
@@ -45,7 +49,7 @@ from sake.training.distill import (
     sample_instructions,
     write_records,
 )
-from sake.training.examples import ChatExample
+from sake.training.examples import ChatExample, ClipInfo
 from sake.training.modules import (
     BackboneModule,
     TrainableSubsetModule,
@@ -727,3 +731,23 @@ def test_pipeline_exports_float16_weights_that_load_and_resumes_finished_stages(
     resumed = run_task(again)
     assert resumed["backbone/train/loss"] == metrics["backbone/train/loss"]
     assert resumed["shipped/text/knowledge"] == metrics["shipped/text/knowledge"]
+
+
+def test_own_track_families_keep_english_speech_of_other_tracks_out_of_the_language_head() -> None:
+    families = label_families()
+    english_gender = ClipInfo("g.wav", "Gender", {"Language": "English", "Gender": "male"})
+    french = ClipInfo("f.wav", "Language", {"Language": "French", "Gender": "female"})
+    english = ClipInfo("e.wav", "Language", {"Language": "English", "Gender": "male"})
+    clips = [Clip(info, Path(info.relative_path), "") for info in (english_gender, french, english)]
+    language, gender = list(families).index("Language"), list(families).index("Gender")
+    everything = label_targets(clips, families)
+    own = label_targets(clips, families, own_track_families=["Language"])
+    assert everything[0, language] >= 0 and own[0, language] == -1
+    assert torch.equal(own[1:], everything[1:]) and own[0, gender] == everything[0, gender]
+    weights = class_weights(own, families)[language]
+    english_id = families["Language"].index("English")
+    french_id = families["Language"].index("French")
+    assert weights[english_id] == pytest.approx(weights[french_id])  # no longer swamped
+    assert class_weights(everything, families)[language][english_id] < weights[english_id]
+    with pytest.raises(ValueError, match="unknown families"):
+        label_targets(clips, families, own_track_families=["Languages"])

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -68,18 +68,27 @@ def label_families() -> dict[str, tuple[str, ...]]:
 
 
 def label_targets(
-    clips: Sequence[Clip], families: dict[str, tuple[str, ...]], *, own_track_only: bool = False
+    clips: Sequence[Clip],
+    families: dict[str, tuple[str, ...]],
+    *,
+    own_track_only: bool = False,
+    own_track_families: Collection[str] = (),
 ) -> Tensor:
     """(clips, families) class indices, -1 where a clip has no label in that family.
 
     With `own_track_only` a clip keeps only the label of its own track, as SAKE asks about
-    an attribute only on clips recorded for it (English dominates the other speech tracks).
+    an attribute only on clips recorded for it (English dominates the other speech tracks);
+    `own_track_families` does the same for the listed families only.
     """
     names = list(families)
+    unknown = sorted(set(own_track_families) - set(names))
+    if unknown:
+        raise ValueError(f"own_track_families names unknown families {unknown}; known: {names}")
     targets = torch.full((len(clips), len(names)), -1, dtype=torch.long)
     for row, clip in enumerate(clips):
         for family, label in clip.info.labels.items():
-            if own_track_only and family != clip.info.track:
+            own_only = own_track_only or family in own_track_families
+            if own_only and family != clip.info.track:
                 continue
             targets[row, names.index(family)] = families[family].index(label)
     return targets

@@ -252,7 +252,9 @@ def prepare_encoder(
     test_features = cached_features(test_clips, config, cache, progress=progress)
     trainer_cfg = stage_trainer_config(context, settings)
     augment = SpecAugment(**settings.augment) if settings.get("augment") else None
-    train_targets = label_targets(train_clips, families)
+    train_targets = label_targets(
+        train_clips, families, own_track_families=settings.get("own_track_families") or ()
+    )
     train = clip_batches(
         train_features,
         train_targets,
