@@ -9,6 +9,7 @@ from typing import Any
 from sake.bench.measure import Benchmark, BenchResult, ProtocolRun
 
 MAX_SHOWN_DIFFERENCES = 5
+MAX_SHOWN_CEILING = 100.0
 GIB = 1024**3
 
 
@@ -87,7 +88,9 @@ def result_lines(result: BenchResult) -> list[str]:
 
 def ceiling_text(result: BenchResult) -> str:
     ceiling = result.speedup_ceiling
-    return "none (the edit takes no time)" if ceiling == float("inf") else f"{ceiling:.2f}x"
+    if ceiling > MAX_SHOWN_CEILING:
+        return f"over {MAX_SHOWN_CEILING:.0f}x (the edit takes almost no time)"
+    return f"{ceiling:.2f}x"
 
 
 def run_time(run: ProtocolRun) -> str:
