@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import json
 from pathlib import Path
 
@@ -212,6 +214,25 @@ def test_connector_ignores_masked_frames(model: DestaForCausalLM) -> None:
         clean_read = connector(states, frame_mask)
         torch.testing.assert_close(connector(noisy, frame_mask), clean_read)
         assert not torch.allclose(connector(noisy, None), connector(states, None))
+
+
+def test_normed_final_layer_reads_the_last_layer_through_the_encoders_layer_norm() -> None:
+    features, mask = build().audio_features(clips(np.random.default_rng(8), [0.5, 0.9]))
+    raw = build()
+    config = small_config()
+    config = replace(config, connector=replace(config.connector, normed_final_layer=True))
+    normed = DestaForCausalLM.from_config(config, seed=0).eval()
+    perception = normed.perception
+    with torch.no_grad():
+        perception.whisper.encoder.layer_norm.weight.uniform_(0.5, 2.0)
+        states = perception.whisper(features, mask)
+        frame_mask = perception.whisper.frame_mask(mask)
+        by_hand = perception.connector(
+            [*states[:-1], perception.whisper.encoder.layer_norm(states[-1])], frame_mask
+        )
+        torch.testing.assert_close(normed.embed_audio(features, mask), by_hand.to(torch.float32))
+        torch.testing.assert_close(perception(features, mask), by_hand)
+        assert not torch.allclose(raw.embed_audio(features, mask), by_hand)
 
 
 def test_batched_clips_equal_clips_embedded_alone(

@@ -143,6 +143,7 @@ class DestaConnectorConfig:
     ffn_dim: int = 768
     dropout: float = 0.1
     layer_norm_eps: float = 1e-12
+    normed_final_layer: bool = False
 
     def qformer_config(self, width: int) -> BertConfig:
         return BertConfig(
@@ -399,7 +400,19 @@ class DestaPerception(nn.Module):
     def forward(self, input_features: Tensor, feature_mask: Tensor | None = None) -> Tensor:
         """(clips, n_mels, frames) log-mel features -> (clips, prompt_size, llm_width)."""
         hidden_states = self.whisper(input_features, feature_mask)
-        return self.connector(hidden_states, self.whisper.frame_mask(feature_mask))
+        return self.connect(hidden_states, self.whisper.frame_mask(feature_mask))
+
+    def connect(
+        self, hidden_states: Sequence[Tensor | None], frame_mask: Tensor | None = None
+    ) -> Tensor:
+        """Encoder states -> connector outputs; with `normed_final_layer` the last layer is read
+        through the encoder's final LayerNorm, as the encoder's pretraining heads read it (the
+        release reads every tapped layer raw)."""
+        last = len(hidden_states) - 1
+        if self.connector.config.normed_final_layer and hidden_states[last] is not None:
+            final = self.whisper.encoder.layer_norm(hidden_states[last])
+            hidden_states = [*hidden_states[:last], final]
+        return self.connector(hidden_states, frame_mask)
 
 
 class DestaForCausalLM(nn.Module):
@@ -461,7 +474,7 @@ class DestaForCausalLM(nn.Module):
         Only the tapped layers are read; the others may be None (see `tapped_states_only`).
         """
         frame_mask = self.perception.whisper.frame_mask(feature_mask)
-        embeds = self.perception.connector(hidden_states, frame_mask)
+        embeds = self.perception.connect(hidden_states, frame_mask)
         return embeds.to(self.llm_model.get_input_embeddings().weight.dtype)
 
     # ---------------------------------------------------------------- text + audio

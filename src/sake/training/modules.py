@@ -240,7 +240,7 @@ class ConnectorModule(GenerationModule):
             raise ValueError("every connector training row needs a clip")
         hidden = self.states.hidden_states(clips, self.device)
         frame_mask = self.states.frame_mask(clips, self.device)
-        embeds = self.model.perception.connector(hidden, frame_mask)
+        embeds = self.model.perception.connect(hidden, frame_mask)
         return embeds.to(self.model.llm_model.get_input_embeddings().weight.dtype)
 
     def loss(self, batch: Mapping) -> Tensor:
