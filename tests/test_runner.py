@@ -28,6 +28,7 @@ from sake.runner import (
     EvalSettings,
     PreEditCache,
     audio_path_only,
+    narrowest_exact,
     sequential_schedule,
     touches_audio_encoder,
 )
@@ -194,7 +195,7 @@ def test_pre_edit_outputs_are_generated_once_per_model(
     )
     cases = release.splits["test"]
     probes = sum(len(list(c.probes())) for c in cases)
-    first = make(i_ike(), tmp_path / "a", cache=tmp_path / "cache")
+    first = make(ft_llm(), tmp_path / "a", cache=tmp_path / "cache")
     first.run_single(cases)
     assert first.pre_edit.generated > 0 and first.pre_edit.hits == 0
     stored = tmp_path / "cache" / "pre_edit" / fingerprint / "outputs.jsonl"
@@ -212,6 +213,68 @@ def test_pre_edit_outputs_are_generated_once_per_model(
     calls.clear()
     make(ft_llm(), tmp_path / "c", cache=tmp_path / "cache").run_single(cases)
     assert calls == [len(list(c.probes())) for c in cases]  # the LLM's edits reach every probe
+
+
+def test_pre_edit_cache_keeps_the_first_token_logits_of_locality_probes(
+    lalm: DestaLALM, release: SakeRelease, fingerprint: str, tmp_path: Path
+) -> None:
+    probes = [probe for case in release.splits["test"] for probe in case.probes()]
+    local = [i for i, probe in enumerate(probes) if "locality" in probe.kind.value]
+    others = [i for i in range(len(probes)) if i not in local]
+    first = PreEditCache(tmp_path, fingerprint, MAX_NEW_TOKENS).answers(
+        lalm, probes, 32, logits_for=local
+    )
+    assert sorted(first.first_logits) == local
+    later = PreEditCache(tmp_path, fingerprint, MAX_NEW_TOKENS)
+    read = later.answers(lalm, probes, 32, logits_for=range(len(probes)))
+    assert later.generated == 0 and read.texts == first.texts
+    assert sorted(read.first_logits) == local  # only locality probes' logits are kept
+    for i in local:
+        assert read.first_logits[i].dtype == torch.float32
+        assert torch.equal(read.first_logits[i], first.first_logits[i])
+    memory_only = PreEditCache(None, fingerprint, MAX_NEW_TOKENS)
+    assert not memory_only.answers(lalm, probes[:2], 32, logits_for=[]).first_logits
+    assert others  # the split has probes that are not locality probes
+
+
+def test_a_run_on_cached_outputs_reads_the_kept_logits_instead_of_a_prompt_pass(
+    make: Any,
+    release: SakeRelease,
+    fingerprint: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import sake.runner as runner_module
+
+    passes: list[int] = []
+    prompt_pass = runner_module.pre_edit_logits
+    monkeypatch.setattr(
+        runner_module,
+        "pre_edit_logits",
+        lambda lalm, probes, **kw: passes.append(len(probes)) or prompt_pass(lalm, probes, **kw),
+    )
+    cases = release.splits["test"]
+    cache = tmp_path / "cache"
+    first = make(ft_llm(), tmp_path / "a", cache=cache).run_single(cases)
+    shutil.rmtree(cache / "pre_edit" / fingerprint / "logits")  # a cache kept without logits
+    second = make(ft_llm(), tmp_path / "b", cache=cache).run_single(cases)
+    local_probes = sum(len(c.locality_audio) + 1 for c in cases)
+    assert passes == [local_probes]  # one pass for the whole block, whose logits are kept
+    third = make(ft_llm(), tmp_path / "c", cache=cache).run_single(cases)
+    assert passes == [local_probes]
+    same_replay(second, first)
+    same_replay(third, first)
+
+
+def test_kept_logits_take_the_narrowest_exact_float_type() -> None:
+    in_bf16 = torch.tensor([1.5, -3.0, float("-inf"), 2.0**-20])
+    in_fp16 = torch.tensor([1.0 + 2.0**-10, -2.5])
+    in_fp32 = torch.tensor([1.0 / 3.0, 7.0])
+    assert narrowest_exact(in_bf16).dtype == torch.bfloat16
+    assert narrowest_exact(in_fp16).dtype == torch.float16
+    assert narrowest_exact(in_fp32).dtype == torch.float32
+    for row in (in_bf16, in_fp16, in_fp32):
+        assert torch.equal(narrowest_exact(row).float(), row)
 
 
 def test_only_editors_of_the_audio_path_alone_leave_text_answers_alone() -> None:
@@ -518,6 +581,18 @@ def test_edit_task_writes_records_metrics_and_timings(compose_cfg, on_disk) -> N
     cfg.resume = True
     assert run_task(cfg) == metrics
     assert json.loads((run_dir / "timing.json").read_text())["records/new"] == 0
+
+
+@pytest.mark.parametrize("keep", [True, False])
+def test_edit_task_keeps_pre_edit_logits_unless_told_not_to(
+    compose_cfg, on_disk, keep: bool
+) -> None:
+    overrides = ["method=i_ike", "dataset.limit=1", f"eval.pre_edit_logits={keep}"]
+    cfg = compose_cfg("edit", edit_overrides(on_disk, *overrides))
+    run_task(cfg)
+    [model_dir] = (Path(cfg.paths.cache_dir) / "pre_edit").iterdir()
+    assert (model_dir / "outputs.jsonl").is_file()
+    assert bool(list(model_dir.glob("logits/*.safetensors"))) is keep
 
 
 def test_edit_task_logs_summary_and_records_to_the_tracker(

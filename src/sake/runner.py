@@ -16,10 +16,11 @@ MEMIT's regularizer per layer) and, on each locality probe, the GT-free and GT-b
 specificity scores (`probe["specificity"]`, see `sake.evaluation.specificity`). Their
 next-token distributions come from the generations themselves: the post-edit side from the
 first step of the post-edit generation, the pre-edit side from the first step of the pre-edit
-generation, or, for outputs read from the cache, from one prompt-only pass over the locality
-probes before any edit of the case (in sequential editing, before the sequence's first edit, so
-every step is compared with the original model). Single editing asks pre-edit outputs a block
-of cases at a time, so those distributions are held for one block only.
+generation, kept on disk with the cached outputs; only for cached outputs whose logits were not
+kept, from one prompt-only pass over the locality probes before any edit of the case (in
+sequential editing, before the sequence's first edit, so every step is compared with the
+original model). Single editing asks pre-edit outputs a block of cases at a time, so those
+distributions are held in memory for one block only.
 
 Pre-edit outputs come from `PreEditCache`: generated once per model (by fingerprint) and
 probe, in large batches ahead of the edits, kept on disk and shared by every method and run.
@@ -42,6 +43,7 @@ import hashlib
 import json
 import logging
 import os
+import uuid
 from collections import defaultdict
 from collections.abc import Collection, Hashable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager, nullcontext
@@ -51,6 +53,8 @@ from time import perf_counter
 from typing import Any
 
 import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
 from torch import Tensor
 
 from sake.data.schema import EditCase, Probe
@@ -74,6 +78,8 @@ log = logging.getLogger(__name__)
 PROTOCOLS: tuple[str, ...] = ("single", "sequential")
 PRE_EDIT_DIR = "pre_edit"
 PRE_EDIT_FILE = "outputs.jsonl"
+PRE_EDIT_LOGITS_DIR = "logits"
+LOGITS_SUFFIX = ".safetensors"
 PRE_EDIT_CHUNK_BATCHES = 8
 MAX_REPORTED_PROBLEMS = 5
 CONNECTOR_ROLE = "connector"
@@ -167,15 +173,28 @@ class PreEditCache:
     time) and the generation bound; the outputs of one model live in
     `<root>/pre_edit/<fingerprint>/outputs.jsonl`, one line per probe, appended as they are
     generated. With `root=None` the cache lives in memory only.
+
+    On disk it also keeps the first-token logits of every locality probe it generates, which
+    specificity compares the post-edit distribution with, so that a run reading cached outputs
+    needs no prompt-only pass to recompute them (`keep_logits`): one safetensors file per
+    write under `<fingerprint>/logits/`, each row in the narrowest float type that holds it
+    exactly (bf16 for a bf16 model), i.e. vocabulary size x 2 or 4 bytes per locality probe.
     """
 
-    def __init__(self, root: Path | None, fingerprint: str, max_new_tokens: int) -> None:
+    def __init__(
+        self, root: Path | None, fingerprint: str, max_new_tokens: int, *, keep_logits: bool = True
+    ) -> None:
         self.fingerprint = fingerprint
         self.max_new_tokens = max_new_tokens
         self.path = (
             None if root is None else Path(root) / PRE_EDIT_DIR / fingerprint / PRE_EDIT_FILE
         )
         self._outputs: dict[str, str] = self._load()
+        self._logits = (
+            LogitsStore(self.path.parent / PRE_EDIT_LOGITS_DIR)
+            if keep_logits and self.path is not None
+            else None
+        )
         self.hits = 0
         self.generated = 0
 
@@ -199,16 +218,25 @@ class PreEditCache:
         *,
         logits_for: Collection[int] = (),
     ) -> Answers:
-        """`outputs`, with the first-token logits of the probes in `logits_for` that had to be
-        generated now (those read from disk have none)."""
+        """`outputs`, with the first-token logits of the probes in `logits_for` that were
+        generated now or kept on disk (cached outputs whose logits were not kept have none)."""
         keys = [self.key(probe) for probe in probes]
         missing = {key: probe for key, probe in zip(keys, probes, strict=True)}
         missing = {key: probe for key, probe in missing.items() if key not in self._outputs}
         self.hits += sum(key in self._outputs for key in keys)
         wanted = {keys[i] for i in logits_for}
-        fresh_logits = self._generate(lalm, missing, batch_size, wanted) if missing else {}
-        first_logits = {i: fresh_logits[keys[i]] for i in logits_for if keys[i] in fresh_logits}
+        found = self._generate(lalm, missing, batch_size, wanted) if missing else {}
+        if self._logits is not None:
+            found.update(self._logits.read(wanted - found.keys()))
+        first_logits = {i: found[keys[i]] for i in logits_for if keys[i] in found}
         return Answers([self._outputs[key] for key in keys], first_logits)
+
+    def keep_logits(self, probes: Sequence[Probe], rows: Tensor) -> None:
+        """Keep the unedited model's first-token logits of `probes` (one row each) on disk."""
+        if self._logits is not None and len(probes):
+            self._logits.write(
+                {self.key(probe): row for probe, row in zip(probes, rows, strict=True)}
+            )
 
     def _generate(
         self,
@@ -217,25 +245,36 @@ class PreEditCache:
         batch_size: int,
         logits_wanted: Collection[str],
     ) -> dict[str, Tensor]:
-        """Generate and store the missing outputs; the first-token logits of the wanted keys."""
+        """Generate and store the missing outputs (and the logits of their locality probes);
+        the first-token logits of the wanted keys."""
         pending = sorted(missing.items(), key=lambda item: len(item[1].question))
         chunk = batch_size * PRE_EDIT_CHUNK_BATCHES
         log.info("pre-edit outputs: generating %d, %d cached", len(pending), len(self._outputs))
         first_logits: dict[str, Tensor] = {}
         for start in range(0, len(pending), chunk):
             part = pending[start : start + chunk]
+            kept = [
+                i
+                for i, (key, probe) in enumerate(part)
+                if key in logits_wanted or (self._logits is not None and _is_locality(probe))
+            ]
             answers = answer_probes(
                 lalm,
                 [probe for _, probe in part],
                 batch_size=batch_size,
                 max_new_tokens=self.max_new_tokens,
-                logits_for=[i for i, (key, _) in enumerate(part) if key in logits_wanted],
+                logits_for=kept,
             )
             fresh = {key: text for (key, _), text in zip(part, answers.texts, strict=True)}
-            first_logits.update({part[i][0]: row for i, row in answers.first_logits.items()})
+            scored = {part[i][0]: row for i, row in answers.first_logits.items()}
+            first_logits.update({key: row for key, row in scored.items() if key in logits_wanted})
             self._outputs.update(fresh)
             self.generated += len(fresh)
             self._store(fresh)
+            if self._logits is not None:
+                self._logits.write(
+                    {part[i][0]: scored[part[i][0]] for i in kept if _is_locality(part[i][1])}
+                )
         return first_logits
 
     def _load(self) -> dict[str, str]:
@@ -266,6 +305,75 @@ class PreEditCache:
             os.fsync(descriptor)
         finally:
             os.close(descriptor)
+
+
+class LogitsStore:
+    """(vocab,) logits per probe key on disk: one safetensors file per write, written under a
+    temporary name and renamed, never rewritten, so jobs sharing the directory cannot tear
+    each other's files."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        self._where: dict[str, Path] = {}
+        self._indexed: set[Path] = set()
+
+    def read(self, keys: Collection[str]) -> dict[str, Tensor]:
+        """The float32 rows kept for `keys`; keys never kept are left out."""
+        if not keys:
+            return {}
+        self._index()
+        by_file: dict[Path, list[str]] = defaultdict(list)
+        for key in keys:
+            if key in self._where:
+                by_file[self._where[key]].append(key)
+        rows: dict[str, Tensor] = {}
+        for path, wanted in by_file.items():
+            try:
+                with safe_open(str(path), framework="pt") as handle:
+                    rows.update({key: handle.get_tensor(key).float() for key in wanted})
+            except FileNotFoundError:  # removed by hand since indexed: computed again instead
+                self._indexed.discard(path)
+                for key in wanted:
+                    del self._where[key]
+        return rows
+
+    def write(self, rows: Mapping[str, Tensor]) -> None:
+        if not rows:
+            return
+        self.directory.mkdir(parents=True, exist_ok=True)
+        name = uuid.uuid4().hex
+        partial = self.directory / f"{name}.partial"
+        save_file(
+            {key: narrowest_exact(row.detach().cpu().contiguous()) for key, row in rows.items()},
+            str(partial),
+        )
+        path = self.directory / f"{name}{LOGITS_SUFFIX}"
+        os.replace(partial, path)
+        self._where.update(dict.fromkeys(rows, path))
+        self._indexed.add(path)
+
+    def _index(self) -> None:
+        """Learn the keys of the files written since the last look, by any job."""
+        if not self.directory.is_dir():
+            return
+        for path in sorted(self.directory.glob(f"*{LOGITS_SUFFIX}")):
+            if path not in self._indexed:
+                with safe_open(str(path), framework="pt") as handle:
+                    self._where.update(dict.fromkeys(handle.keys(), path))
+                self._indexed.add(path)
+
+
+def narrowest_exact(row: Tensor) -> Tensor:
+    """`row` as bf16 or fp16 when that type holds every value exactly, else unchanged."""
+    for dtype in (torch.bfloat16, torch.float16):
+        narrow = row.to(dtype)
+        if torch.equal(narrow.to(row.dtype), row):
+            return narrow
+    return row
+
+
+def _is_locality(probe: Probe) -> bool:
+    return probe.kind.value in LOCALITY_KINDS
 
 
 # --------------------------------------------------------------------------- runner
@@ -459,11 +567,12 @@ class EditRunner:
     def _pre_edit(self, cases: Sequence[EditCase]) -> dict[str, PreEdit]:
         """The unedited model's outputs and locality first-token logits for `cases`, by id.
 
-        Logits come from the pre-edit generation where it runs now; for outputs read from the
-        cache, from one prompt-only pass over the locality probes of all `cases`.
+        Logits come from the pre-edit generation, now or kept on disk by the cache; where the
+        cache holds outputs without logits, from one prompt-only pass over those locality
+        probes, whose logits the cache then keeps.
         """
         probes = [probe for case in cases for probe in case.probes()]
-        local = [i for i, probe in enumerate(probes) if probe.kind.value in LOCALITY_KINDS]
+        local = [i for i, probe in enumerate(probes) if _is_locality(probe)]
         with self.timings.measure("pre_edit"), self._audio_cache():
             answers = self.pre_edit.answers(
                 self.lalm, probes, self.settings.batch_size, logits_for=local
@@ -475,6 +584,7 @@ class EditRunner:
                 fresh = pre_edit_logits(
                     self.lalm, [probes[i] for i in missing], batch_size=self.settings.batch_size
                 )
+                self.pre_edit.keep_logits([probes[i] for i in missing], fresh)
             logits.update(zip(missing, fresh, strict=True))
         by_case: dict[str, PreEdit] = {}
         start = 0
@@ -676,7 +786,7 @@ def _probe_slots(cases: Sequence[EditCase]) -> list[ProbeSlot]:
     for case in cases:
         local = 0
         for index, probe in enumerate(case.probes()):
-            is_local = probe.kind.value in LOCALITY_KINDS
+            is_local = _is_locality(probe)
             slots.append(ProbeSlot(case.case_id, index, local if is_local else None, probe))
             local += is_local
     return slots

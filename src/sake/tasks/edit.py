@@ -94,7 +94,12 @@ def run_protocol(
         lalm,
         editor,
         settings=settings,
-        pre_edit=PreEditCache(cache_root, lalm.fingerprint(), settings.max_new_tokens),
+        pre_edit=PreEditCache(
+            cache_root,
+            lalm.fingerprint(),
+            settings.max_new_tokens,
+            keep_logits=bool(cfg.eval.get("pre_edit_logits", True)),
+        ),
         writer=writer,
         model_name=str(cfg.model.name),
         audio_root=getattr(dataset, "audio_root", None),
