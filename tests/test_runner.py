@@ -26,6 +26,7 @@ from sake.models.desta import DestaLALM
 from sake.runner import (
     EditRunner,
     EvalSettings,
+    LogitsStore,
     PreEditCache,
     audio_path_only,
     narrowest_exact,
@@ -264,6 +265,22 @@ def test_a_run_on_cached_outputs_reads_the_kept_logits_instead_of_a_prompt_pass(
     assert passes == [local_probes]
     same_replay(second, first)
     same_replay(third, first)
+
+
+def test_a_failed_logits_write_leaves_no_torn_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import sake.runner as runner_module
+
+    def disk_full(tensors: dict[str, torch.Tensor], path: str) -> None:
+        Path(path).write_bytes(b"torn")
+        raise OSError("No space left on device")
+
+    monkeypatch.setattr(runner_module, "save_file", disk_full)
+    store = LogitsStore(tmp_path)
+    with pytest.raises(OSError, match="No space"):
+        store.write({"key": torch.zeros(4)})
+    assert list(tmp_path.iterdir()) == [] and store.read(["key"]) == {}
 
 
 def test_kept_logits_take_the_narrowest_exact_float_type() -> None:

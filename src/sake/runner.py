@@ -343,12 +343,13 @@ class LogitsStore:
         self.directory.mkdir(parents=True, exist_ok=True)
         name = uuid.uuid4().hex
         partial = self.directory / f"{name}.partial"
-        save_file(
-            {key: narrowest_exact(row.detach().cpu().contiguous()) for key, row in rows.items()},
-            str(partial),
-        )
         path = self.directory / f"{name}{LOGITS_SUFFIX}"
-        os.replace(partial, path)
+        tensors = {key: narrowest_exact(row.detach().cpu()) for key, row in rows.items()}
+        try:
+            save_file(tensors, str(partial))
+            os.replace(partial, path)
+        finally:
+            partial.unlink(missing_ok=True)
         self._where.update(dict.fromkeys(rows, path))
         self._indexed.add(path)
 
@@ -364,7 +365,8 @@ class LogitsStore:
 
 
 def narrowest_exact(row: Tensor) -> Tensor:
-    """`row` as bf16 or fp16 when that type holds every value exactly, else unchanged."""
+    """`row` (contiguous) as bf16 or fp16 when that type holds every value exactly."""
+    row = row.contiguous()
     for dtype in (torch.bfloat16, torch.float16):
         narrow = row.to(dtype)
         if torch.equal(narrow.to(row.dtype), row):
