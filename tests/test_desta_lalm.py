@@ -13,6 +13,7 @@ import torch
 from transformers import PreTrainedTokenizerFast
 
 from sake.data.schema import Probe, ProbeKind
+from sake.methods.hooks import ModuleRecorder
 from sake.models.base import LALM, Turn
 from sake.models.desta import (
     BUILD_COMMAND,
@@ -208,7 +209,7 @@ def test_batched_logits_and_generations_equal_each_probe_alone(
 def test_a_long_shared_prefix_is_computed_once_with_the_same_results(
     lalm: DestaLALM, mixed_probes: list[Probe]
 ) -> None:
-    system = " ".join(["Answer briefly, with one of the options and nothing else."] * 4)
+    system = LONG_SYSTEM
     batch = lalm.prepare(mixed_probes, system=system)
     shared = shared_prefix_length(batch.input_ids, batch.attention_mask, lalm.config.audio_token_id)
     assert shared >= MIN_SHARED_PREFIX
@@ -216,6 +217,47 @@ def test_a_long_shared_prefix_is_computed_once_with_the_same_results(
     expected = torch.cat([lalm.next_token_logits(single) for single in singles])
     torch.testing.assert_close(lalm.next_token_logits(batch), expected)
     assert lalm.generate(batch, 8) == [lalm.generate(single, 8)[0] for single in singles]
+
+
+LONG_SYSTEM = " ".join(["Answer briefly, with one of the options and nothing else."] * 4)
+
+
+def test_the_shared_prefix_shortcut_is_taken_when_nothing_watches_the_decoder(
+    lalm: DestaLALM, mixed_probes: list[Probe], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    prefix_passes = []
+    cache_prefix = lalm.model._prefix_cached
+
+    def counted(*args, **kwargs):
+        prefix_passes.append(args[2])
+        return cache_prefix(*args, **kwargs)
+
+    monkeypatch.setattr(lalm.model, "_prefix_cached", counted)
+    batch = lalm.prepare(mixed_probes, system=LONG_SYSTEM)
+    lalm.next_token_logits(batch)
+    lalm.generate(batch, 4)
+    assert len(prefix_passes) == 2 and min(prefix_passes) >= MIN_SHARED_PREFIX
+
+
+def test_a_hooked_decoder_module_sees_one_call_over_the_whole_batch(
+    lalm: DestaLALM, mixed_probes: list[Probe]
+) -> None:
+    batch = lalm.prepare(mixed_probes, system=LONG_SYSTEM)
+    expected_logits = lalm.next_token_logits(batch)
+    expected_answers = lalm.generate(batch, 8)
+    recorder = ModuleRecorder(lalm.modules.resolve("llm.layer[-1].mlp").module)
+    with recorder.installed():
+        logits = lalm.next_token_logits(batch)
+    assert [tuple(call.hidden_states.shape[:2]) for call in recorder.calls] == [
+        tuple(batch.input_ids.shape)
+    ]
+    torch.testing.assert_close(logits, expected_logits)
+    recorder.calls.clear()
+    with recorder.installed():
+        answers = lalm.generate(batch, 8)
+    assert recorder.calls[0].hidden_states.shape[:2] == batch.input_ids.shape
+    assert all(call.hidden_states.shape[1] == 1 for call in recorder.calls[1:])
+    assert answers == expected_answers
 
 
 def test_shared_prefix_stops_at_audio_and_moves_before_the_padding() -> None:

@@ -752,7 +752,6 @@ def test_tiny_models_get_layers_they_have(compose_cfg, model: str) -> None:
         assert layers and all(-n_layers <= layer < n_layers for layer in layers), (name, layers)
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("method", EDITING_METHODS)
 @pytest.mark.parametrize("model", TINY)
 def test_edit_entry_point_runs_every_method_on_every_tiny_model(

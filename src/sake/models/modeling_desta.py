@@ -30,6 +30,9 @@ tokens before any audio placeholder, e.g. an in-context editor's system prompt) 
 prefix's keys and values computed once, for one row, by `generate` and, without gradients, by
 `trailing_logits`: each row [pad, prefix, rest] is laid out as [prefix, pad, rest], which keeps
 every real token's position, so only float rounding differs from the plain computation.
+The shortcut calls every decoder module twice (the prefix, then the rest), so it is not taken
+while a forward hook watches any of them: methods that record or route a module's calls (MEMIT,
+UnKE, WISE) see one call over the whole batch, as the plain computation makes it.
 
 Two documented departures, both off for the full-size configuration: the tiny model may mask
 padded audio frames (`mask_padded_frames`), and clips may be shorter than Whisper's 30 s
@@ -641,7 +644,7 @@ class DestaForCausalLM(nn.Module):
     def _shareable_prefix(self, input_ids: Tensor, attention_mask: Tensor, reserve: int) -> int:
         """The shared prefix worth computing once (0 when none is), leaving every row at
         least `reserve` tokens of its own."""
-        if len(input_ids) < 2:
+        if len(input_ids) < 2 or calls_observed(self.llm_model):
             return 0
         shared = shared_prefix_length(input_ids, attention_mask, self.config.audio_token_id)
         shortest = int(attention_mask.long().sum(dim=1).min())
@@ -823,6 +826,11 @@ def load_checkpoint(
 
 def _under_prefix(name: str, prefix: str) -> bool:
     return name == prefix or name.startswith(prefix + ".")
+
+
+def calls_observed(module: nn.Module) -> bool:
+    """Whether a forward hook or pre-hook is registered on `module` or any module inside it."""
+    return any(inner._forward_hooks or inner._forward_pre_hooks for inner in module.modules())
 
 
 def shared_prefix_length(input_ids: Tensor, attention_mask: Tensor, audio_token_id: int) -> int:
