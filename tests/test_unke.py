@@ -179,6 +179,12 @@ def test_preservation_needs_a_training_split(lalm: DestaLALM) -> None:
     unke(preservation_probes=0).prepare(lalm, [])
 
 
+@pytest.mark.parametrize("role", ["connector", "audio_encoder"])
+def test_roles_in_the_audio_path_are_refused(lalm: DestaLALM, role: str) -> None:
+    with pytest.raises(ValueError, match="audio path"):
+        unke(role=role, preservation_probes=0).prepare(lalm, [])
+
+
 def test_single_and_sequential_editing_through_the_runner(
     lalm: DestaLALM, release: SakeRelease, tmp_path: Path
 ) -> None:

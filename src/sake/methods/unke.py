@@ -33,6 +33,7 @@ from sake.methods.base import (
     EditOutcome,
     QueryContext,
     WeightSnapshot,
+    role_touches_audio_path,
     trainable_only,
 )
 from sake.methods.hooks import (
@@ -133,6 +134,11 @@ class UnkeEditor:
 
     def prepare(self, lalm: LALM, train_cases: Sequence[EditCase]) -> None:
         """Check the role and collect the training split's probes as preservation pool."""
+        if role_touches_audio_path(self.config.role):
+            raise ValueError(
+                f"{self.name}: role {self.config.role!r} is in the audio path; UnKE edits a "
+                "decoder layer of the LLM, e.g. role=llm.layer[1]"
+            )
         if not lalm.modules.parameters(self.config.role):
             raise ValueError(f"{self.name}: role {self.config.role!r} holds no parameters")
         self._pool = preservation_probes(train_cases)
