@@ -4,14 +4,14 @@ import hydra
 from omegaconf import DictConfig
 
 from sake.utils.resolvers import register_resolvers
-from sake.utils.run import run_task
+from sake.utils.run import run_task_for_user
 
 register_resolvers()
 
 
 @hydra.main(version_base="1.3", config_path="configs", config_name="train")
 def main(cfg: DictConfig) -> None:
-    run_task(cfg)
+    run_task_for_user(cfg)
 
 
 if __name__ == "__main__":

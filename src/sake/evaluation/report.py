@@ -48,12 +48,12 @@ from sake.evaluation.metrics import (
     single_metrics,
 )
 from sake.evaluation.records import RECORDS_FILE, read_records
-from sake.utils.run import atomic_write_text
+from sake.utils.run import REPORT_FILE, atomic_write_text
 
 Record = Mapping[str, Any]
 Table = tuple[list[str], list[list[Any]]]
 
-REPORT_FILE = "report.md"
+
 CONFIG_FILE = "config.yaml"
 Z_95 = 1.959963984540054
 

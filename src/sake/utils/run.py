@@ -6,7 +6,8 @@ import json
 import math
 import os
 import random
-from collections.abc import Callable, Mapping
+import sys
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -14,7 +15,22 @@ from typing import Any
 import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
+from sake.utils.errors import UserError
+
 Metrics = dict[str, float]
+
+CONFIG_FILE = "config.yaml"
+REPORT_FILE = "report.md"
+# Settings that do not shape a run's records: a resumed run may change them (a new
+# `dataset.limit` chooses how many cases, and the first ones are the same cases).
+RECORD_NEUTRAL_KEYS: tuple[str, ...] = (
+    "resume",
+    "logger",
+    "paths",
+    "hydra",
+    "task.threads",
+    "dataset.limit",
+)
 
 
 def seed_everything(seed: int) -> None:
@@ -56,7 +72,7 @@ class RunContext:
     output_dir: Path
 
     def save_config(self, cfg: DictConfig) -> Path:
-        path = self.output_dir / "config.yaml"
+        path = self.output_dir / CONFIG_FILE
         atomic_write_text(path, OmegaConf.to_yaml(cfg, resolve=True))
         return path
 
@@ -69,12 +85,55 @@ class RunContext:
 TaskFn = Callable[..., Mapping[str, Any] | None]
 
 
-def format_metrics_table(metrics: Mapping[str, float]) -> str:
-    """A two-column plain-text table for the end of a run."""
-    if not metrics:
-        return "(no metrics)"
-    width = max(len(key) for key in metrics)
-    return "\n".join(f"{key:<{width}}  {value:.4f}" for key, value in sorted(metrics.items()))
+class RunDirectoryError(UserError, FileExistsError):
+    """The run directory holds another run (or a run this one may not continue)."""
+
+
+def config_differences(
+    saved: Any, current: Any, prefix: str = "", neutral: tuple[str, ...] = RECORD_NEUTRAL_KEYS
+) -> list[str]:
+    """`key: saved -> current` for every leaf that differs, leaving out `neutral` keys."""
+    if prefix in neutral:
+        return []
+    if isinstance(saved, Mapping) and isinstance(current, Mapping):
+        lines: list[str] = []
+        for key in sorted(set(saved) | set(current), key=str):
+            name = f"{prefix}.{key}" if prefix else str(key)
+            lines += config_differences(saved.get(key), current.get(key), name, neutral)
+        return lines
+    if saved != current:
+        return [f"{prefix}: {saved!r} -> {current!r}"]
+    return []
+
+
+def check_run_directory(cfg: DictConfig, run: RunContext) -> None:
+    """Refuse, before anything is written, to run in a directory that holds another run.
+
+    Only runs of tasks that can resume (their config has `resume`) are guarded, in directories
+    that hold such a run: without `resume=true` the directory is refused; with it, every
+    setting that shapes the records (all but `RECORD_NEUTRAL_KEYS`) must equal the run's own
+    `config.yaml`.
+    """
+    saved_path = run.output_dir / CONFIG_FILE
+    if "resume" not in cfg or not saved_path.is_file():
+        return
+    saved = OmegaConf.to_container(OmegaConf.load(saved_path), resolve=False)
+    if not isinstance(saved, dict) or "resume" not in saved:
+        return
+    if not cfg.resume:
+        raise RunDirectoryError(
+            f"{run.output_dir} already holds a run; continue it with resume=true, or start a "
+            "new run directory (leave out hydra.run.dir, or point it elsewhere)"
+        )
+    current = OmegaConf.to_container(cfg, resolve=True)
+    differences = config_differences(saved, current)
+    if differences:
+        shown = "\n  ".join(differences)
+        raise RunDirectoryError(
+            f"cannot resume the run in {run.output_dir}: these settings differ from its "
+            f"{CONFIG_FILE} (saved -> now):\n  {shown}\nresume with the run's own settings, "
+            "or start a new run directory"
+        )
 
 
 def run_task(cfg: DictConfig) -> Metrics | None:
@@ -83,6 +142,7 @@ def run_task(cfg: DictConfig) -> Metrics | None:
 
     seed_everything(int(cfg.seed))
     run = RunContext(Path(cfg.paths.output_dir))
+    check_run_directory(cfg, run)
     run.save_config(cfg)
     task: TaskFn = instantiate(cfg.task.fn, _partial_=True)
     metrics = task(cfg=cfg, run=run)
@@ -90,6 +150,45 @@ def run_task(cfg: DictConfig) -> Metrics | None:
         return None
     flat = flatten_metrics(metrics)
     run.write_metrics(flat)
-    print(format_metrics_table(flat))
     print(f"run directory: {run.output_dir}")
+    report = run.output_dir / REPORT_FILE
+    if report.is_file():
+        print(f"report: {report}")
     return flat
+
+
+def user_error(error: BaseException) -> BaseException | None:
+    """The error to show a user without a traceback, or None when it is a fault of the code.
+
+    Bad input and bad configs raise `UserError`, `ValueError` or `OSError` with a message that
+    says what to do; Hydra wraps errors raised while instantiating a config.
+    """
+    for candidate in _causes(error):
+        if isinstance(candidate, (UserError, ValueError, OSError)):
+            return candidate
+        if type(candidate).__name__ != "InstantiationException":
+            return None
+    return None
+
+
+def _causes(error: BaseException) -> Iterator[BaseException]:
+    seen: BaseException | None = error
+    while seen is not None:
+        yield seen
+        seen = seen.__cause__
+
+
+def run_task_for_user(cfg: DictConfig) -> Metrics | None:
+    """`run_task` for the entry points: a user error ends the run with its message alone.
+
+    `HYDRA_FULL_ERROR=1` keeps the traceback, as it does for Hydra's own errors.
+    """
+    try:
+        return run_task(cfg)
+    except Exception as error:
+        shown = user_error(error)
+        if shown is None or os.environ.get("HYDRA_FULL_ERROR") == "1":
+            raise
+        print(f"error: {shown}", file=sys.stderr)
+        print("(set HYDRA_FULL_ERROR=1 for the traceback)", file=sys.stderr)
+        sys.exit(1)
