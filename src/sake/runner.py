@@ -42,6 +42,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import os
 import uuid
 from collections import defaultdict
@@ -56,7 +57,9 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import Tensor
+from tqdm import tqdm
 
+from sake.data.audio import clips_longer_than
 from sake.data.schema import EditCase, Probe
 from sake.data.schema import Sequence as EditSequence
 from sake.evaluation.judges.base import Judge, OptionJudge
@@ -123,6 +126,10 @@ def check_cases(cases: Sequence[EditCase], audio_root: Path | None) -> None:
     Raises ValueError naming the case and probe when a probe has no options, and
     FileNotFoundError naming the missing files and the audio root when audio is absent.
     """
+    if not cases:
+        raise ValueError(
+            "there is no case to edit: the dataset's split is empty or dataset.limit leaves none"
+        )
     missing: list[str] = []
     for case in cases:
         for probe in case.probes():
@@ -144,6 +151,29 @@ def check_cases(cases: Sequence[EditCase], audio_root: Path | None) -> None:
             f"\n  {shown}" + (f"\n  ... and {more} more" if more > 0 else "") + "\n"
             "generate or copy the audio there, or point dataset.audio_root at it"
         )
+
+
+def edit_progress(total: int, what: str) -> tqdm:
+    """A progress bar over the edits still to make, with the time left (on stderr)."""
+    return tqdm(total=total, desc=what, unit="edit", dynamic_ncols=True, disable=total == 0)
+
+
+def warn_long_clips(cases: Sequence[EditCase], window_seconds: float) -> list[Path]:
+    """Warn once when clips last longer than the model hears (it cuts them); return them."""
+    paths = {Path(p.audio_path) for case in cases for p in case.probes() if p.audio_path}
+    long = clips_longer_than(paths, window_seconds)
+    if long:
+        shown = ", ".join(f"{path.name} ({seconds:.1f} s)" for path, seconds in long[:3])
+        log.warning(
+            "%d of %d clips last longer than the model's %.1f s audio window and are cut to it "
+            "(longest: %s); `python -m sake.data.check DIR --max-seconds %g` lists them",
+            len(long),
+            len(paths),
+            window_seconds,
+            shown,
+            window_seconds,
+        )
+    return [path for path, _ in long]
 
 
 def _audio_exists(probe: Probe) -> bool:
@@ -438,20 +468,18 @@ class EditRunner:
     def run_single(self, cases: Sequence[EditCase]) -> list[Record]:
         """Edit, evaluate and restore each case; the records of all cases, in case order."""
         check_cases(cases, self.audio_root)
+        warn_long_clips(cases, self.lalm.audio_window_seconds)
         keys = [("single", case.case_id) for case in cases]
         pending = [case for case, key in zip(cases, keys, strict=True) if key not in self._records]
         log.info(
             "single editing: %d cases, %d already recorded", len(cases), len(cases) - len(pending)
         )
-        with self._run_scope():
-            done = 0
+        with self._run_scope(), edit_progress(len(pending), "single editing") as progress:
             for block in self._blocks(pending):
                 pre_edit = self._pre_edit(block)
                 for case in block:
                     self._single_case(case, pre_edit)
-                    done += 1
-                    if done % 50 == 0 or done == len(pending):
-                        log.info("edited %d/%d cases", done, len(pending))
+                    progress.update()
         return [self._records[key] for key in keys]
 
     def _blocks(self, cases: Sequence[EditCase]) -> Iterator[list[EditCase]]:
@@ -492,15 +520,20 @@ class EditRunner:
 
     def run_sequential(self, sequences: Sequence[EditSequence]) -> list[Record]:
         """Edit each sequence in order, evaluating the scheduled pairs; records in order."""
-        check_cases([case for sequence in sequences for case in sequence.cases], self.audio_root)
+        every_case = [case for sequence in sequences for case in sequence.cases]
+        check_cases(every_case, self.audio_root)
+        warn_long_clips(every_case, self.lalm.audio_window_seconds)
         all_keys: list[Hashable] = []
+        pending = []
         for sequence in sequences:
             keys = self._sequence_keys(sequence)
             all_keys.extend(keys)
-            if all(key in self._records for key in keys):
-                continue
-            log.info("sequence %d: %d edits", sequence.index, len(sequence))
-            self._sequence(sequence)
+            if not all(key in self._records for key in keys):
+                pending.append(sequence)
+        steps = sum(len(self._schedule(sequence)) for sequence in pending)
+        with edit_progress(steps, "sequential editing") as progress:
+            for sequence in pending:
+                self._sequence(sequence, progress)
         return [self._records[key] for key in all_keys]
 
     def _schedule(self, sequence: EditSequence) -> list[list[int]]:
@@ -513,7 +546,7 @@ class EditRunner:
             for j in evaluated
         ]
 
-    def _sequence(self, sequence: EditSequence) -> None:
+    def _sequence(self, sequence: EditSequence, progress: tqdm) -> None:
         cases = sequence.cases
         schedule = self._schedule(sequence)
         snapshot: WeightSnapshot | None = None
@@ -533,6 +566,7 @@ class EditRunner:
                     ]
                     if todo:
                         self._sequential_step(sequence, step, todo, applied, pre_edit)
+                    progress.update()
         finally:
             self._undo(snapshot)
 
@@ -598,9 +632,21 @@ class EditRunner:
         return by_case
 
     def _apply(self, case: EditCase) -> tuple[EditOutcome, dict[str, float]]:
-        """Apply the edit; its outcome and what the editor reported about it."""
+        """Apply the edit; its outcome and what the editor reported about it.
+
+        A diverged edit (non-finite loss or weights) is undone and stops the run: its outputs
+        would say nothing about the method, and records already written stay as they are.
+        """
         with self.timings.measure("edit"):
             outcome = self.editor.apply(self.lalm, case)
+        problem = divergence(outcome)
+        if problem is not None:
+            self._undo(outcome.snapshot)
+            raise EditDivergedError(
+                f"the edit of case {case.case_id!r} by {self.editor.name} diverged: {problem}. "
+                "Nothing of it was recorded; lower the method's learning rate (method.lr) or "
+                "check its other settings, then start a new run directory"
+            )
         return outcome, editor_extras(self.editor)
 
     def _ask(self, cases: Sequence[EditCase], pre_edit: Mapping[str, PreEdit]) -> Answers:
@@ -689,7 +735,7 @@ class EditRunner:
             probes = with_specificity(judged, specificity)
         record = {**fields, "probes": probes}
         with self.timings.measure("write"):
-            self.writer.append(record)
+            record = self.writer.append(record)
         self._records[record_key(record)] = record
 
     def _case_fields(
@@ -737,6 +783,21 @@ class EditRunner:
                 f"{self.identity}. Resume with the same method and model, or use a new run "
                 "directory"
             )
+
+
+class EditDivergedError(ValueError):
+    """An edit left a non-finite loss or non-finite weights behind."""
+
+
+def divergence(outcome: EditOutcome) -> str | None:
+    """What is non-finite after an edit (its final loss, the weights it changed), or None."""
+    loss = outcome.final_loss
+    if loss is not None and not math.isfinite(loss):
+        return f"its final loss is {loss} after {outcome.steps} steps"
+    broken = () if outcome.snapshot is None else outcome.snapshot.non_finite()
+    if broken:
+        return f"{len(broken)} edited tensors hold NaN or infinity (first: {broken[0]})"
+    return None
 
 
 def editor_extras(editor: Editor) -> dict[str, float]:

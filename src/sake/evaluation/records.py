@@ -3,7 +3,7 @@
 Each record is written as one line and flushed and fsynced before `append` returns, so a run
 killed at any moment leaves every finished record intact and at most one torn line at the end.
 Resuming drops that torn tail and appends after the last complete record; nothing already
-written is ever rewritten.
+written is ever rewritten. Every line is strict JSON: a non-finite number is written as null.
 
 A record (written by `sake.runner`) holds the run's identity (`method`, `model`,
 `fingerprint`), the protocol and position (`case_id`; sequential: `sequence`, `step`,
@@ -16,6 +16,7 @@ on locality probes the `specificity` scores of `sake.evaluation.specificity`).
 from __future__ import annotations
 
 import json
+import math
 import os
 from collections.abc import Hashable, Mapping
 from pathlib import Path
@@ -43,11 +44,27 @@ class RecordWriter:
             os.truncate(self.path, end)
         self.path.parent.mkdir(parents=True, exist_ok=True)
 
-    def append(self, record: Mapping[str, Any]) -> None:
+    def append(self, record: Mapping[str, Any]) -> Record:
+        """Write one record durably; return it as written (and as a resumed run reads it)."""
+        written = strict_json(record)
+        line = json.dumps(written, ensure_ascii=False, allow_nan=False)
         with open(self.path, "a", encoding="utf-8") as handle:
-            handle.write(json.dumps(record, ensure_ascii=False) + "\n")
+            handle.write(line + "\n")
             handle.flush()
             os.fsync(handle.fileno())
+        return written
+
+
+def strict_json(value: Any) -> Any:
+    """`value` with every NaN or infinity replaced by None, so that each line is strict JSON
+    (which has no such numbers) and aggregation skips them as values that do not apply."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, Mapping):
+        return {key: strict_json(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [strict_json(item) for item in value]
+    return value
 
 
 def scan_records(path: Path) -> tuple[list[Record], int]:

@@ -13,6 +13,7 @@ hyperparameter dataclass, so the config and the dataclass cannot drift apart.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
@@ -70,6 +71,14 @@ class WeightSnapshot:
             name
             for name, parameter in self._parameters.items()
             if not torch.equal(parameter.detach(), self._saved[name])
+        )
+
+    def non_finite(self) -> tuple[str, ...]:
+        """Names of parameters that now hold a NaN or an infinity."""
+        return tuple(
+            name
+            for name, parameter in self._parameters.items()
+            if not bool(torch.isfinite(parameter.detach()).all())
         )
 
     def merged_with(self, later: WeightSnapshot | None) -> WeightSnapshot:
@@ -212,6 +221,25 @@ class MasterWeights:
                     parameter.copy_(master)
 
 
+def non_finite_settings(config: Any, prefix: str = "method") -> list[str]:
+    """`method.<key> = value` for every NaN or infinite number in a (nested) method config."""
+    if isinstance(config, float):
+        return [] if math.isfinite(config) else [f"{prefix} = {config}"]
+    if isinstance(config, Mapping):
+        return [
+            found
+            for key, value in config.items()
+            for found in non_finite_settings(value, f"{prefix}.{key}")
+        ]
+    if isinstance(config, Sequence) and not isinstance(config, str):
+        return [
+            found
+            for index, value in enumerate(config)
+            for found in non_finite_settings(value, f"{prefix}[{index}]")
+        ]
+    return []
+
+
 def build_editor(method: Mapping[str, Any], available: Sequence[str] = ()) -> Editor:
     """Instantiate the editor a method config names through its `_target_` factory.
 
@@ -225,6 +253,12 @@ def build_editor(method: Mapping[str, Any], available: Sequence[str] = ()) -> Ed
         raise ValueError(
             f"method {name!r} does not edit anything (its config has no _target_); "
             f"choose an editing method with method=<name>, one of: {choices}"
+        )
+    non_finite = non_finite_settings(method)
+    if non_finite:
+        raise ValueError(
+            f"method {name!r}: {', '.join(non_finite)} must be finite numbers; "
+            "set them with method.<key>=<number>"
         )
     editor = instantiate(method)
     if not isinstance(editor, Editor):
