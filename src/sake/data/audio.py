@@ -53,6 +53,20 @@ def audio_duration(path: Path | str) -> float:
     return float(sf.info(str(path)).duration)
 
 
+def clips_longer_than(paths: Iterable[Path], seconds: float) -> list[tuple[Path, float]]:
+    """The readable clips among `paths` that last longer than `seconds`, with their durations,
+    longest first (headers only: nothing is decoded)."""
+    found = []
+    for path in sorted(set(paths)):
+        try:
+            duration = audio_duration(path)
+        except (sf.LibsndfileError, RuntimeError):
+            continue
+        if duration > seconds + 1e-6:
+            found.append((path, duration))
+    return sorted(found, key=lambda item: -item[1])
+
+
 def case_audio_paths(cases: Iterable[EditCase]) -> dict[Path, str]:
     """Every resolved audio path of the cases, mapped to the first case that uses it."""
     users: dict[Path, str] = {}
@@ -83,6 +97,7 @@ class AudioSurvey:
     missing: tuple[Path, ...]
     undecodable: tuple[tuple[Path, str], ...]
     durations: tuple[float, ...]
+    decoded: tuple[Path, ...] = ()  # the files of `durations`, in the same order
 
     def duration_summary(self) -> dict[str, float] | None:
         if not self.durations:
@@ -103,6 +118,7 @@ def survey_audio(paths: Iterable[Path]) -> AudioSurvey:
     present = [path for path in paths if path not in absent]
     undecodable: list[tuple[Path, str]] = []
     durations: list[float] = []
+    decoded: list[Path] = []
     for path in present:
         try:
             data, rate = sf.read(str(path), dtype="float32", always_2d=True)
@@ -110,4 +126,5 @@ def survey_audio(paths: Iterable[Path]) -> AudioSurvey:
             undecodable.append((path, str(error)))
             continue
         durations.append(len(data) / rate)
-    return AudioSurvey(len(paths), missing, tuple(undecodable), tuple(durations))
+        decoded.append(path)
+    return AudioSurvey(len(paths), missing, tuple(undecodable), tuple(durations), tuple(decoded))

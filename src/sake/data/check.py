@@ -33,6 +33,7 @@ from sake.data.rules import (
 )
 from sake.data.schema import ATTRIBUTES, GENERALITY_TYPES, EditCase
 
+DEFAULT_MAX_SECONDS = 30.0
 PROBE_NAMES: tuple[str, ...] = (
     "reliability",
     *(f"generality/type{type_}" for type_ in GENERALITY_TYPES),
@@ -51,7 +52,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     print(f"SAKE data check of {release.root}")
     config = RuleConfig(balance_tolerance=args.balance_tolerance)
-    summary, results = run_checks(release, audio=not args.no_audio, config=config)
+    summary, results = run_checks(
+        release, audio=not args.no_audio, config=config, max_seconds=args.max_seconds
+    )
     _print_contents(summary)
     if "audio" in summary:
         print(f"audio under {release.audio_root}: {json.dumps(summary['audio'])}")
@@ -62,9 +65,17 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def run_checks(
-    release: SakeRelease, *, audio: bool = True, config: RuleConfig | None = None
+    release: SakeRelease,
+    *,
+    audio: bool = True,
+    config: RuleConfig | None = None,
+    max_seconds: float = DEFAULT_MAX_SECONDS,
 ) -> tuple[dict[str, Any], list[RuleResult]]:
-    """Statistics and rule results of a release; audio is surveyed only when asked."""
+    """Statistics and rule results of a release; audio is surveyed only when asked.
+
+    Clips longer than `max_seconds` (a model's audio window) are reported, not failed: a model
+    cuts them to its window.
+    """
     results = check_rules(release, config)
     summary = release_statistics(release)
     if audio:
@@ -72,6 +83,7 @@ def run_checks(
         survey = survey_audio(users)
         summary["audio"] = audio_statistics(survey)
         results += audio_rules(survey, users)
+        results.append(long_clips_rule(survey, users, max_seconds))
         if survey.missing:
             print(MissingAudioError(list(survey.missing), total=survey.files))
     summary["rules"] = {result.name: result.status for result in results if not result.advisory}
@@ -154,6 +166,26 @@ def audio_rules(survey: AudioSurvey, users: dict[Path, str]) -> list[RuleResult]
     return [present, decodable]
 
 
+def long_clips_rule(survey: AudioSurvey, users: dict[Path, str], max_seconds: float) -> RuleResult:
+    """Advisory: the clips a model with a `max_seconds` audio window would cut, longest first."""
+    long = sorted(
+        (
+            (duration, path)
+            for path, duration in zip(survey.decoded, survey.durations, strict=True)
+            if duration > max_seconds + 1e-6
+        ),
+        reverse=True,
+    )
+    return RuleResult(
+        "audio_within_window",
+        f"every clip fits a {max_seconds:g} s audio window (longer clips are cut by the model)",
+        tuple(Violation(users[path], f"{path} lasts {seconds:.1f} s") for seconds, path in long),
+        advisory=True,
+        checked=len(survey.durations),
+        notes={"max_seconds": max_seconds},
+    )
+
+
 def _shared_cases(cases: Iterable[EditCase], pool: Iterable[EditCase]) -> int:
     known = {_case_key(case) for case in pool}
     return sum(_case_key(case) in known for case in cases)
@@ -203,6 +235,13 @@ def _parser() -> argparse.ArgumentParser:
         type=int,
         default=0,
         help="allowed |#y_o - #y_e| per label (default: exact balance)",
+    )
+    parser.add_argument(
+        "--max-seconds",
+        type=float,
+        default=DEFAULT_MAX_SECONDS,
+        help="report clips longer than a model's audio window of this many seconds (default: "
+        f"{DEFAULT_MAX_SECONDS:g}, Whisper's window; desta_tiny hears 4 s)",
     )
     parser.add_argument(
         "--show", type=int, default=5, help="offending records shown per rule (default: 5)"

@@ -29,6 +29,11 @@ class SakeDataset:
         self.root = Path(root)
         self.audio_root = Path(audio_root) if audio_root else self.root / "audio"
         self.split = split
+        if limit is not None and int(limit) < 1:
+            raise ValueError(
+                f"dataset.limit={limit} leaves no case to edit; give a positive number of "
+                "cases, or dataset.limit=null for all of them"
+            )
         self.limit = limit
 
     def prepare(self) -> None:

@@ -72,6 +72,10 @@ class AudioFlamingo3LALM(HFAudioLALM):
         seconds = getattr(processor, "max_audio_len", DEFAULT_MAX_AUDIO_SECONDS)
         self.max_windows = max(1, int(seconds // self.feature_extractor.chunk_length))
 
+    @property
+    def audio_window_seconds(self) -> float:
+        return self.max_windows * self.window_samples / self.sample_rate
+
     def clip_windows(self, waveform: np.ndarray) -> list[np.ndarray]:
         """Consecutive 30 s windows, the last one partial, at most `max_windows` of them."""
         size = self.window_samples
@@ -106,7 +110,11 @@ def load_audio_flamingo3(
     from transformers import AudioFlamingo3ForConditionalGeneration, AutoProcessor
 
     local = resolve_model_dir(
-        path, what="Audio Flamingo 3", revision=revision, hub=HubAccess(hub_timeout_s)
+        path,
+        what="Audio Flamingo 3",
+        revision=revision,
+        hub=HubAccess(hub_timeout_s),
+        expected_file="config.json",
     )
     placement, device = pretrained_placement(device_map)
     processor = AutoProcessor.from_pretrained(str(local))

@@ -95,3 +95,8 @@ class LALM(Protocol):
     def next_token_logits(self, batch: Batch) -> Tensor:
         """Logits of the first answer token, shape (batch, vocab)."""
         ...
+
+    @property
+    def audio_window_seconds(self) -> float:
+        """Seconds of a clip the model hears; the rest of a longer clip is cut."""
+        ...

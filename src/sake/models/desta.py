@@ -234,6 +234,11 @@ class DestaLALM:
     def config(self) -> DestaConfig:
         return self._model.config
 
+    @property
+    def audio_window_seconds(self) -> float:
+        """Seconds of a clip the encoder hears; longer clips are cut to this."""
+        return float(self.config.encoder.max_seconds)
+
     # ---------------------------------------------------------------- prompts
 
     def prompt_text(

@@ -151,15 +151,26 @@ def resolve_model_dir(
     ignore_patterns: Sequence[str] = IGNORED_HUB_FILES,
     revision: str | None = None,
     hub: HubAccess | None = None,
+    expected_file: str | None = None,
 ) -> Path:
     """A local directory with the model's files: `path` itself, or its hub snapshot.
 
-    Fails at once, naming `option`, when `path` is a missing local path or the hub can neither
-    serve nor has cached it (when `hub` says cache only, only the cache is consulted).
+    Fails at once, naming `option`, when `path` is empty, a missing local path, a local
+    directory without `expected_file`, or a hub id the hub can neither serve nor has cached
+    (when `hub` says cache only, only the cache is consulted).
     """
-    text = str(path)
+    text = str(path).strip()
+    if not text:
+        raise ModelUnavailableError(
+            f"cannot load {what}: {option} is empty; set {option}=<hub id or local directory>"
+        )
     local = Path(text).expanduser()
     if local.is_dir():
+        if expected_file is not None and not (local / expected_file).is_file():
+            raise ModelUnavailableError(
+                f"cannot load {what}: the directory {local} holds no {expected_file}; "
+                f"point {option}=<directory with the model files> at a downloaded copy"
+            )
         return local
     if looks_like_local_path(text) or local.exists():
         raise ModelUnavailableError(
@@ -498,6 +509,11 @@ class HFAudioLALM:
     def stop_token_ids(self) -> tuple[int, ...]:
         """Tokens that end an answer: the end of turn, then every EOS the model declares."""
         return tuple(self._stop_ids)
+
+    @property
+    def audio_window_seconds(self) -> float:
+        """Seconds of a clip the model hears; the rest is cut (one window by default)."""
+        return self.window_samples / self.sample_rate
 
     @property
     def window_samples(self) -> int:

@@ -44,6 +44,8 @@ trainable prefixes travel in the file's metadata as JSON. Loading checks keys st
 
 from __future__ import annotations
 
+import functools
+import inspect
 import json
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass
@@ -599,10 +601,11 @@ class DestaForCausalLM(nn.Module):
         if shared:
             embeds, attention_mask, cache = self._prefix_cached(embeds, attention_mask, shared)
         first_step = FirstStepScores()
+        prepared = {} if cache is None else {generate_cache_keyword(): cache}
         new_tokens = self.llm_model.generate(
             inputs_embeds=embeds,
             attention_mask=attention_mask,
-            past_key_values=cache,
+            **prepared,
             max_new_tokens=max_new_tokens,
             do_sample=False,
             num_beams=1,
@@ -826,6 +829,16 @@ def load_checkpoint(
 
 def _under_prefix(name: str, prefix: str) -> bool:
     return name == prefix or name.startswith(prefix + ".")
+
+
+@functools.cache
+def generate_cache_keyword() -> str:
+    """The keyword under which `generate` takes a prepared KV cache: `cache` where
+    transformers renamed it (and warns about the old name), `past_key_values` before."""
+    from transformers.generation.utils import GenerationMixin
+
+    renamed = 'deprecate_kwarg("past_key_values"' in inspect.getsource(GenerationMixin.generate)
+    return "cache" if renamed else "past_key_values"
 
 
 def calls_observed(module: nn.Module) -> bool:

@@ -74,7 +74,11 @@ def load_qwen2_audio(
     from transformers import AutoProcessor, Qwen2AudioForConditionalGeneration
 
     local = resolve_model_dir(
-        path, what="Qwen2-Audio", revision=revision, hub=HubAccess(hub_timeout_s)
+        path,
+        what="Qwen2-Audio",
+        revision=revision,
+        hub=HubAccess(hub_timeout_s),
+        expected_file="config.json",
     )
     placement, device = pretrained_placement(device_map)
     processor = AutoProcessor.from_pretrained(str(local))
