@@ -10,6 +10,7 @@ right one, a file that is missing or was trained for anything else.
 from __future__ import annotations
 
 import os
+import pickle
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -17,6 +18,8 @@ from typing import Any
 
 import torch
 from torch import Tensor
+
+from sake.utils.errors import UserError
 
 FORMAT_VERSION = 1
 CHECKED_FIELDS: tuple[str, ...] = (
@@ -30,7 +33,7 @@ CHECKED_FIELDS: tuple[str, ...] = (
 )
 
 
-class HypernetUnavailableError(RuntimeError):
+class HypernetUnavailableError(UserError, RuntimeError):
     """No hypernetwork was trained for this method, model and settings."""
 
 
@@ -81,9 +84,20 @@ def save_hypernet(
 
 
 def read_hypernet(path: str | Path) -> tuple[HypernetManifest, dict[str, Tensor]]:
-    """Manifest and state dict of a hypernetwork file (tensors on the CPU)."""
-    stored = torch.load(Path(path), map_location="cpu", weights_only=True)
-    return HypernetManifest(**stored["manifest"]), stored["state_dict"]
+    """Manifest and state dict of a hypernetwork file (tensors on the CPU).
+
+    Raises HypernetUnavailableError naming the file when it is truncated, corrupted or not a
+    hypernetwork file at all.
+    """
+    try:
+        stored = torch.load(Path(path), map_location="cpu", weights_only=True)
+        return HypernetManifest(**stored["manifest"]), stored["state_dict"]
+    except (OSError, RuntimeError, EOFError, KeyError, TypeError, pickle.UnpicklingError) as error:
+        reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+        raise HypernetUnavailableError(
+            f"cannot read the hypernetwork file {path}: it is truncated, corrupted or not a "
+            f"hypernetwork file ({reason})"
+        ) from error
 
 
 def load_hypernet(path: str | Path, expected: HypernetManifest) -> dict[str, Tensor]:
@@ -98,7 +112,12 @@ def load_hypernet(path: str | Path, expected: HypernetManifest) -> dict[str, Ten
             f"no {expected.method} hypernetwork for model {expected.model} at {path}; "
             f"train it with: {command}"
         )
-    manifest, state_dict = read_hypernet(path)
+    try:
+        manifest, state_dict = read_hypernet(path)
+    except HypernetUnavailableError as error:
+        raise HypernetUnavailableError(
+            f"{error}; delete it and train it again with: {command}"
+        ) from error.__cause__
     differences = manifest.differences(expected)
     if differences:
         raise HypernetUnavailableError(

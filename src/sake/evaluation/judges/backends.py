@@ -33,13 +33,15 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any, Protocol
 
+from sake.utils.errors import UserError
+
 ChatPrompt = Sequence[Mapping[str, str]]
 
 _RETRYABLE_STATUS = frozenset({408, 429, 500, 502, 503, 504})
 _ERROR_SNIPPET = 300
 
 
-class JudgeBackendError(RuntimeError):
+class JudgeBackendError(UserError, RuntimeError):
     """A backend could not produce a reply (after its retries, where it retries)."""
 
 
@@ -161,8 +163,11 @@ class HTTPChatBackend:
         self.extra_body = dict(extra_body or {})
         self.cache = None if cache_dir is None else ResponseCache(cache_dir)
         self._headers = {"Content-Type": "application/json"}
+        self._secrets: tuple[str, ...] = ()
         if api_key_env:
-            self._headers["Authorization"] = f"Bearer {_api_key(api_key_env)}"
+            key = _api_key(api_key_env)
+            self._headers["Authorization"] = f"Bearer {key}"
+            self._secrets = (key,)
 
     @property
     def settings(self) -> dict[str, Any]:
@@ -204,11 +209,16 @@ class HTTPChatBackend:
         while True:
             try:
                 return _reply_text(self._post(encoded))
+            except JudgeBackendError as error:
+                raise JudgeBackendError(redact(str(error), self._secrets)) from None
             except _RetryableError as error:
                 if retries == self.max_retries:
                     raise JudgeBackendError(
-                        f"{self.url}: gave up after {retries + 1} attempts: {error}"
-                    ) from error
+                        redact(
+                            f"{self.url}: gave up after {retries + 1} attempts: {error}",
+                            self._secrets,
+                        )
+                    ) from None
                 time.sleep(self._delay(retries, error.retry_after))
                 retries += 1
 
@@ -233,6 +243,18 @@ class HTTPChatBackend:
             raise _RetryableError(f"connection failed: {error.reason}") from error
         except (TimeoutError, ConnectionError, http.client.HTTPException) as error:
             raise _RetryableError(f"{type(error).__name__}: {error}") from error
+
+
+def redact(text: str, secrets: Sequence[str]) -> str:
+    """`text` with every configured secret (and its first or last 8+ characters, as servers
+    echo keys in part) replaced by `***`."""
+    for secret in secrets:
+        if len(secret) < 8:
+            continue
+        text = text.replace(secret, "***")
+        for size in range(len(secret) - 1, 7, -1):
+            text = text.replace(secret[:size], "***").replace(secret[-size:], "***")
+    return text
 
 
 def _api_key(variable: str) -> str:
