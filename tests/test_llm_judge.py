@@ -11,6 +11,7 @@ import json
 import re
 import threading
 import time
+import traceback
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -239,6 +240,9 @@ def _handler(server_state: JudgeServer) -> type[BaseHTTPRequestHandler]:
             failure = server_state.next_failure()
             if failure == "stall":
                 time.sleep(server_state.stall_s)
+            elif failure == "echo-key":
+                key = self.headers.get("Authorization", "")
+                return self._send(401, {"error": f"invalid key {key} (ends {key[-10:]})"})
             elif failure is not None:
                 return self._send(int(failure), {"error": f"planned {failure}"})
             reply = {"choices": [{"index": 0, "message": {"role": "assistant"}}]}
@@ -323,6 +327,20 @@ def test_api_key_comes_from_the_named_variable(
     monkeypatch.delenv("SAKE_TEST_JUDGE_KEY")
     with pytest.raises(JudgeBackendError, match="SAKE_TEST_JUDGE_KEY"):
         http_backend(judge_server, None, api_key_env="SAKE_TEST_JUDGE_KEY")
+
+
+def test_an_echoed_api_key_never_reaches_the_error(
+    judge_server: JudgeServer, monkeypatch: pytest.MonkeyPatch
+):
+    key = "sk-test-0123456789abcdef"
+    monkeypatch.setenv("SAKE_TEST_JUDGE_KEY", key)
+    judge_server.failures = ["echo-key"]
+    backend = http_backend(judge_server, None, api_key_env="SAKE_TEST_JUDGE_KEY")
+    with pytest.raises(JudgeBackendError, match="HTTP 401") as raised:
+        backend.complete([correctness_prompt(correctness("x", "It is male."))])
+    shown = "".join(traceback.format_exception(raised.value))
+    assert "invalid key Bearer ***" in shown
+    assert key not in shown and key[-10:] not in shown and key[:10] not in shown
 
 
 def test_server_errors_are_retried(judge_server: JudgeServer):
