@@ -26,6 +26,7 @@ from transformers import LlamaConfig, LlamaForCausalLM
 from sake.evaluation.judges.backends import (
     HTTPChatBackend,
     JudgeBackendError,
+    OpenAIClientBackend,
     TransformersBackend,
     cache_key,
 )
@@ -210,6 +211,11 @@ class JudgeServer:
 def grade(body: dict[str, Any]) -> str:
     """A simple honest judge: correct when the response names the ground truth only."""
     user = body["messages"][-1]["content"]
+    if "Model generated response: " in user:  # the SAKE reference's correctness prompt
+        answer = re.findall(r"Ground truth answer: (.*)", user)[-1]
+        response = re.findall(r"Model generated response: (.*)", user)[-1]
+        verdict = "correct" if _named(response) == {answer} else "incorrect"
+        return f"Explanation: names {sorted(_named(response))}.\nJudgement: {verdict}"
     if "<response_a>" in user:
         first = re.search(r"<response_a>\n(.*)\n</response_a>", user, re.S).group(1)
         second = re.search(r"<response_b>\n(.*)\n</response_b>", user, re.S).group(1)
@@ -511,3 +517,40 @@ def test_judge_configs_instantiate(compose_cfg, monkeypatch: pytest.MonkeyPatch)
     assert isinstance(local.backend, TransformersBackend)
     assert local.backend.settings["dtype"] == "bfloat16"
     assert "_components" not in vars(local.backend)  # the model loads on first use only
+
+
+def openai_backend(server: JudgeServer, **settings: Any) -> OpenAIClientBackend:
+    options: dict[str, Any] = {"api_key_env": None, "timeout_s": 5.0, "max_retries": 2}
+    options.update(settings)
+    return OpenAIClientBackend("gpt-5-mini-2025-08-07", base_url=server.url, **options)
+
+
+def test_the_openai_client_backend_makes_the_reference_call(
+    judge_server: JudgeServer, tmp_path: Path
+):
+    judge_server.failures = ["500"]
+    backend = openai_backend(judge_server, cache_dir=tmp_path / "cache")
+    item = correctness("x", "The speaker is male.")
+    replies = backend.complete([correctness_prompt(item)])
+    assert replies[0].endswith("Verdict: correct")
+    body = judge_server.requests[-1]
+    assert body["model"] == "gpt-5-mini-2025-08-07"
+    assert body["reasoning_effort"] == "minimal" and body["seed"] == 0
+    assert "temperature" not in body and "max_tokens" not in body
+    assert len(judge_server.requests) == 2  # the 500 was retried
+    again = openai_backend(judge_server, cache_dir=tmp_path / "cache")
+    assert again.complete([correctness_prompt(item)]) == replies
+    assert len(judge_server.requests) == 2  # answered from the cache
+
+
+def test_the_openai_client_backend_redacts_an_echoed_key(
+    judge_server: JudgeServer, monkeypatch: pytest.MonkeyPatch
+):
+    key = "sk-test-0123456789abcdef"
+    monkeypatch.setenv("SAKE_TEST_JUDGE_KEY", key)
+    judge_server.failures = ["echo-key"]
+    backend = openai_backend(judge_server, api_key_env="SAKE_TEST_JUDGE_KEY")
+    with pytest.raises(JudgeBackendError, match="401") as raised:
+        backend.complete([correctness_prompt(correctness("x", "It is male."))])
+    shown = "".join(traceback.format_exception(raised.value))
+    assert key not in shown and key[-10:] not in shown and key[:10] not in shown

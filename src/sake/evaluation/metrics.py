@@ -94,9 +94,19 @@ def judge_probes(
     """
     judge = judge or OptionJudge()
     rows = list(zip(probes, pre_outputs, post_outputs, strict=True))
+    target = next((p.answer for p in probes if p.kind is ProbeKind.RELIABILITY), None)
     correct = judge.judge_correct(
         [
-            CorrectnessItem(f"{i}/{side}", probe.question, probe.options, answer, output)
+            CorrectnessItem(
+                f"{i}/{side}",
+                probe.question,
+                probe.options,
+                answer,
+                output,
+                edit_answer=target
+                if side == "post" and probe.kind is ProbeKind.PORTABILITY
+                else None,
+            )
             for i, (probe, pre, post) in enumerate(rows)
             for side, answer, output in (
                 ("pre", expected_answer(probe, edited=False), pre),

@@ -245,6 +245,96 @@ class HTTPChatBackend:
             raise _RetryableError(f"{type(error).__name__}: {error}") from error
 
 
+class OpenAIClientBackend:
+    """Any OpenAI-compatible endpoint through the `openai` client, as the SAKE reference calls it.
+
+    One user message per prompt; `reasoning_effort` and `seed` are sent, temperature and a
+    token limit are not (the reference sends neither). `base_url` None is OpenAI itself. The
+    client retries connection errors, 408/409/429 and 5xx replies `max_retries` times with
+    backoff (honouring Retry-After) and gives up on a call after `timeout_s`. Requests run
+    from a thread pool; replies are cached like every backend's.
+    """
+
+    def __init__(
+        self,
+        model: str,
+        *,
+        base_url: str | None = None,
+        api_key_env: str | None = "OPENAI_API_KEY",
+        reasoning_effort: str | None = "minimal",
+        seed: int | None = 0,
+        timeout_s: float = 120.0,
+        max_retries: int = 5,
+        concurrency: int = 8,
+        cache_dir: str | Path | None = None,
+        extra_body: Mapping[str, Any] | None = None,
+    ) -> None:
+        try:
+            import openai
+        except ImportError:
+            raise JudgeBackendError(
+                "this judge backend needs the openai client: pip install -e '.[judge]'"
+            ) from None
+        key = _api_key(api_key_env) if api_key_env else "unused"
+        self._secrets: tuple[str, ...] = (key,) if api_key_env else ()
+        self._client = openai.OpenAI(
+            api_key=key, base_url=base_url, timeout=timeout_s, max_retries=max_retries
+        )
+        self._errors: tuple[type[BaseException], ...] = (openai.OpenAIError,)
+        self.model = model
+        self.reasoning_effort = reasoning_effort
+        self.seed = seed
+        self.concurrency = concurrency
+        self.extra_body = dict(extra_body or {})
+        self.cache = None if cache_dir is None else ResponseCache(cache_dir)
+
+    @property
+    def settings(self) -> dict[str, Any]:
+        return {
+            "backend": "openai-client",
+            "model": self.model,
+            "reasoning_effort": self.reasoning_effort,
+            "seed": self.seed,
+            "extra_body": self.extra_body,
+        }
+
+    def complete(self, prompts: Sequence[ChatPrompt]) -> list[str]:
+        return complete_with_cache(prompts, self.settings, self.cache, self._send_all)
+
+    def _send_all(self, prompts: list[ChatPrompt], deliver: Callable[[int, str], None]) -> None:
+        failures: list[str] = []
+        with ThreadPoolExecutor(max_workers=max(1, self.concurrency)) as pool:
+            futures = {pool.submit(self._send, prompt): i for i, prompt in enumerate(prompts)}
+            for future in as_completed(futures):
+                try:
+                    deliver(futures[future], future.result())
+                except JudgeBackendError as error:
+                    failures.append(str(error))
+        if failures:
+            raise JudgeBackendError(
+                f"{len(failures)} of {len(prompts)} judge requests failed; first: {failures[0]}"
+            )
+
+    def _send(self, prompt: ChatPrompt) -> str:
+        options: dict[str, Any] = {}
+        if self.reasoning_effort is not None:
+            options["reasoning_effort"] = self.reasoning_effort
+        if self.seed is not None:
+            options["seed"] = self.seed
+        if self.extra_body:
+            options["extra_body"] = self.extra_body
+        try:
+            response = self._client.chat.completions.create(
+                model=self.model, messages=[dict(message) for message in prompt], **options
+            )
+        except self._errors as error:
+            message = f"{type(error).__name__}: {error}"
+            raise JudgeBackendError(redact(message, self._secrets)) from None
+        if not response.choices:
+            raise JudgeBackendError("the endpoint answered without choices")
+        return response.choices[0].message.content or ""
+
+
 def redact(text: str, secrets: Sequence[str]) -> str:
     """`text` with every configured secret (and its first or last 8+ characters, as servers
     echo keys in part) replaced by `***`."""

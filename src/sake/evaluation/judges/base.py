@@ -20,13 +20,18 @@ from sake.evaluation.judges.option import choose_option, is_consistent, is_corre
 
 @dataclass(frozen=True)
 class CorrectnessItem:
-    """Did `output` answer `question` with `answer`, choosing from `options`?"""
+    """Did `output` answer `question` with `answer`, choosing from `options`?
+
+    `edit_answer` is the edit's target y_e on post-edit portability items (the reference
+    judge's portability rule reads it), None elsewhere.
+    """
 
     item_id: str
     question: str
     options: tuple[str, ...]
     answer: str
     output: str
+    edit_answer: str | None = None
 
 
 @dataclass(frozen=True)
