@@ -26,11 +26,15 @@ def judged(
     score: bool = True,
     pre_correct: bool = True,
     post_correct: bool | None = None,
+    post_output: str = "an answer",
 ) -> dict[str, Any]:
     post = score if post_correct is None else post_correct
     return {
         "kind": kind,
         "type": type_,
+        "question": "Which one?\n\nOptions:\nmale\nfemale",
+        "answer": "female",
+        "post_output": post_output,
         "score": score,
         "pre_correct": pre_correct,
         "post_correct": post,
@@ -66,15 +70,41 @@ def test_columns_are_unweighted_means_over_attributes() -> None:
         full_case("Animal", True, [True, False, False, False]),
         full_case("Gender", False, [True, True, True]),
     ]
-    metrics = single_metrics(records)
-    assert metrics["single/Animal/reliability"] == 1.0
-    assert metrics["single/Gender/reliability"] == 0.0
-    assert metrics["single/reliability"] == 0.5  # not 2/3: attributes weigh the same
-    assert metrics["single/Animal/locality_audio"] == 0.25  # pooled over its four probes
-    assert metrics["single/Gender/locality_audio"] == 1.0
-    assert metrics["single/locality_audio"] == pytest.approx(0.625)
-    assert metrics["single/generality"] == pytest.approx(2 / 3)
-    assert metrics["single/generality/type2"] == 0.0
+    for aggregation in ("reference", "project"):
+        metrics = single_metrics(records, aggregation)
+        assert metrics["single/Animal/reliability"] == 1.0
+        assert metrics["single/Gender/reliability"] == 0.0
+        assert metrics["single/reliability"] == 0.5  # not 2/3: attributes weigh the same
+        assert metrics["single/Animal/locality_audio"] == 0.25  # pooled over its four probes
+        assert metrics["single/Gender/locality_audio"] == 1.0
+        assert metrics["single/generality"] == pytest.approx(2 / 3)
+        assert metrics["single/generality/type2"] == 0.0
+        assert metrics["single/locality_audio/type1"] == 1.0
+    # The reference weighs each attribute's audio locality by its number of types (4 and 3).
+    assert single_metrics(records)["single/locality_audio"] == pytest.approx((1 + 3) / 7)
+    assert single_metrics(records, "project")["single/locality_audio"] == pytest.approx(0.625)
+
+
+def test_reference_aggregation_leaves_out_empty_outputs_and_reads_letters() -> None:
+    probes = [
+        judged("reliability", score=False, post_output=""),
+        judged("generality", 1, False, post_output="B"),
+        judged("generality", 2, True, post_output="a"),
+        judged("generality", 3, False, post_output="female"),
+        judged("portability", score=False, post_output="<missing>"),
+        judged("locality_text", score=False, post_output=""),
+    ]
+    reference = single_metrics([record("Gender", probes)])
+    assert "single/reliability" not in reference and "single/portability" not in reference
+    assert reference["single/generality/type1"] == 1.0  # "B" names female, the answer
+    assert reference["single/generality/type2"] == 0.0  # "a" names male
+    assert reference["single/generality"] == pytest.approx(1 / 3)
+    assert reference["single/locality_text"] == 0.0  # locality never skips
+    project = single_metrics([record("Gender", probes)], "project")
+    assert project["single/reliability"] == 0.0 and project["single/portability"] == 0.0
+    assert project["single/generality"] == pytest.approx(1 / 3)
+    with pytest.raises(ValueError, match="eval.aggregation"):
+        single_metrics([record("Gender", probes)], "weighted")
 
 
 def test_gender_has_no_type2_and_does_not_dilute_it() -> None:
@@ -220,3 +250,17 @@ def test_summary_tables_show_percentages() -> None:
     assert lines[3].split() == ["Gender", "-", "-", "-", "-", "-"]
     sequential = sequential_table({"sequential/reliability/gap2": 0.25}, gaps=(2,))
     assert sequential.splitlines()[1].split() == ["2", "25.0", "-", "-", "-", "-"]
+
+
+def test_reference_sequential_aggregation_pools_probes_at_each_gap() -> None:
+    records = [
+        {**full_case("Animal", True, [True] * 4), "protocol": "sequential", "gap": 0},
+        {**full_case("Gender", True, [False] * 3), "protocol": "sequential", "gap": 0},
+    ]
+    records[1]["probes"][0]["post_output"] = ""  # counted, and wrong, in sequential editing
+    records[1]["probes"][0]["score"] = False
+    reference = sequential_metrics(records)
+    assert reference["sequential/locality_audio/gap0"] == pytest.approx(4 / 7)
+    assert reference["sequential/reliability/gap0"] == 0.5
+    project = sequential_metrics(records, aggregation="project")
+    assert project["sequential/locality_audio/gap0"] == pytest.approx(0.5)

@@ -158,6 +158,12 @@ def job_directories(sweep_dir: Path) -> list[Path]:
     return sorted(path.parent for path in Path(sweep_dir).glob(f"*/{RECORDS_FILE}"))
 
 
+def run_aggregation(directory: Path) -> str:
+    """The job's `eval.aggregation` (jobs that predate the setting aggregated per record)."""
+    config = OmegaConf.to_container(OmegaConf.load(directory / CONFIG_FILE), resolve=False)
+    return str((config.get("eval") or {}).get("aggregation", "project"))
+
+
 def method_config(directory: Path) -> dict[str, Any]:
     """The resolved method config a job ran with (its `config.yaml`)."""
     config = OmegaConf.to_container(OmegaConf.load(directory / CONFIG_FILE), resolve=False)
@@ -202,7 +208,7 @@ def load_job(directory: Path, parameter: str) -> SweepJob:
         raise ValueError(f"{directory}: λ-sweeps analyse single-editing runs")
     stored = directory / METRICS_FILE
     metrics = json.loads(stored.read_text("utf-8")) if stored.is_file() else {}
-    metrics.update(single_metrics(records))
+    metrics.update(single_metrics(records, run_aggregation(directory)))
     metrics.update(specificity_metrics(records))
     value = method_config(directory).get(parameter)
     if not isinstance(value, (int, float)):

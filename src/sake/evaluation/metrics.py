@@ -15,6 +15,15 @@ has one probe per case; audio locality is pooled over all its probes, types toge
 the unweighted mean of the per-attribute values of the attributes that have it (gender has no
 audio-locality type 2, so `locality_audio/type2` averages the other three).
 
+`aggregation="reference"` (the default, `eval.aggregation`) counts as the SAKE reference's
+`model_outputs/calculate_acc_single.py` does: a correctness probe (reliability, generality,
+portability) whose post-edit output is empty is left out of its metric, an output that is a
+bare letter a-d scores by the option at that position, and the overall `locality_audio`
+weighs each attribute by its number of audio-locality types (4, 4, 3, 4). In sequential
+editing it pools the probes of every record at a gap (`calculate_acc_sequential.py`), where
+`aggregation="project"` averages each record's mean; there the reference counts empty
+outputs as wrong, as the project does everywhere.
+
 Keys of `single_metrics`, all fractions in [0, 1]:
     single/reliability
     single/generality, single/generality/type1..3
@@ -24,9 +33,9 @@ Keys of `single_metrics`, all fractions in [0, 1]:
     single/portability
 and the same under single/<Attribute>/... (Animal, Emotion, Gender, Language).
 
-Sequential editing: `sequential/<metric>/gap<g>` is the mean, over every edit evaluated g
-steps after it was applied, of that edit's score (the mean of its probes of that metric),
-pooled over edits and sequences; `sequential/locality_audio/gt_post/gap<g>` and the text
+Sequential editing: `sequential/<metric>/gap<g>` pools, over every edit evaluated g steps
+after it was applied (all sequences), the probes of that metric (`aggregation="project"`:
+the mean over those edits of each edit's mean); `sequential/locality_audio/gt_post/gap<g>` and the text
 equivalent give ground-truth accuracy after the edits at each gap.
 
 Specificity (`sake.evaluation.specificity`), where the records carry it: every locality probe's
@@ -75,6 +84,10 @@ SPECIFICITY_METRICS: tuple[str, ...] = (
 )
 POOLED_LOCALITY = "locality"
 EDIT_GROUP = "edit"
+AGGREGATIONS: tuple[str, ...] = ("reference", "project")
+CORRECTNESS_KINDS: frozenset[str] = frozenset(METRICS) - LOCALITY_KINDS
+MISSING_OUTPUT = "<missing>"
+LETTERS = "abcd"
 
 Record = Mapping[str, Any]
 
@@ -163,15 +176,44 @@ def _judged(
     }
 
 
-def _probe_groups(judged: Mapping[str, Any]) -> Iterable[tuple[str, float]]:
-    """(metric key, value) pairs one judged probe contributes to."""
+def _probe_groups(
+    judged: Mapping[str, Any], reference_single: bool = False
+) -> Iterable[tuple[str, float]]:
+    """(metric key, value) pairs one judged probe contributes to.
+
+    `reference_single` scores correctness probes as the reference's single-editing tally
+    does (`reference_score`): a missing output counts nowhere, a bare letter by its option.
+    """
     kind = judged["kind"]
+    score: float | None = float(judged["score"])
+    if reference_single and kind in CORRECTNESS_KINDS:
+        score = reference_score(judged)
+    if score is None:
+        return
     keys = [kind] if judged["type"] is None else [kind, f"{kind}/type{judged['type']}"]
     for key in keys:
-        yield key, float(judged["score"])
+        yield key, score
         if kind in LOCALITY_KINDS:
             yield f"{key}/gt_pre", float(judged["pre_correct"])
             yield f"{key}/gt_post", float(judged["post_correct"])
+
+
+def reference_score(judged: Mapping[str, Any]) -> float | None:
+    """A correctness probe's score as `model_outputs/calculate_acc_single.py` counts it.
+
+    An empty (or `<missing>`) post-edit output is skipped: left out of the denominator. An
+    output that is one letter a-d (any case) is correct when it names the answer's position
+    among the question's option lines; otherwise the judge's verdict stands.
+    """
+    output = judged["post_output"]
+    if not output or output == MISSING_OUTPUT:
+        return None
+    letter = output.lower()
+    if len(letter) == 1 and letter in LETTERS:
+        options = judged["question"].split("Options:")[-1].strip().split("\n")
+        if judged["answer"] in options:
+            return float(letter == LETTERS[options.index(judged["answer"])])
+    return float(judged["score"])
 
 
 def specificity_values(judged: Mapping[str, Any]) -> Iterable[tuple[str, float]]:
@@ -196,17 +238,29 @@ def _all_values(judged: Mapping[str, Any]) -> Iterable[tuple[str, float]]:
     yield from specificity_values(judged)
 
 
+def _reference_single_values(judged: Mapping[str, Any]) -> Iterable[tuple[str, float]]:
+    yield from _probe_groups(judged, reference_single=True)
+    yield from specificity_values(judged)
+
+
 ProbeValues = Callable[[Mapping[str, Any]], Iterable[tuple[str, float]]]
 
 
-def attribute_means(records: Iterable[Record], values: ProbeValues) -> dict[str, float]:
+def attribute_means(
+    records: Iterable[Record], values: ProbeValues, *, weigh_audio_locality: bool = False
+) -> dict[str, float]:
     """`single/<key>` (unweighted mean over attributes) and `single/<Attribute>/<key>`.
 
     Per attribute, a key's value is the mean over the probes that yield it under `values`.
+    `weigh_audio_locality` weighs each attribute's `locality_audio` by the number of its
+    audio-locality types in the overall mean, as the reference's table does (4, 4, 3, 4).
     """
     groups: dict[str, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
+    audio_types: dict[str, set[Any]] = defaultdict(set)
     for record in records:
         for judged in record["probes"]:
+            if judged["kind"] == ProbeKind.LOCALITY_AUDIO.value:
+                audio_types[record["attribute"]].add(judged["type"])
             for key, value in values(judged):
                 groups[record["attribute"]][key].append(value)
     per_attribute = {
@@ -215,21 +269,33 @@ def attribute_means(records: Iterable[Record], values: ProbeValues) -> dict[str,
     }
     metrics: dict[str, float] = {}
     for key in sorted({key for found in per_attribute.values() for key in found}):
-        present = [found[key] for found in per_attribute.values() if key in found]
-        metrics[f"single/{key}"] = float(np.mean(present))
+        present = [a for a, found in per_attribute.items() if key in found]
+        weights = [1.0] * len(present)
+        if weigh_audio_locality and key == ProbeKind.LOCALITY_AUDIO.value:
+            weights = [float(len(audio_types[attribute])) for attribute in present]
+        found = [per_attribute[attribute][key] for attribute in present]
+        metrics[f"single/{key}"] = float(np.average(found, weights=weights))
     for attribute in sorted(per_attribute):
         for key, value in sorted(per_attribute[attribute].items()):
             metrics[f"single/{attribute}/{key}"] = value
     return metrics
 
 
-def single_metrics(records: Iterable[Record]) -> dict[str, float]:
+def single_metrics(records: Iterable[Record], aggregation: str = "reference") -> dict[str, float]:
     """`single/...` metrics from single-editing records (see the module docstring)."""
     records = list(records)
+    reference = _is_reference(aggregation)
+    values = _reference_single_values if reference else _all_values
     return {
-        **attribute_means(records, _all_values),
+        **attribute_means(records, values, weigh_audio_locality=reference),
         **_edit_means(records, "single"),
     }
+
+
+def _is_reference(aggregation: str) -> bool:
+    if aggregation not in AGGREGATIONS:
+        raise ValueError(f"eval.aggregation must be one of {AGGREGATIONS}, got {aggregation!r}")
+    return aggregation == "reference"
 
 
 def case_scores(record: Record) -> dict[str, float]:
@@ -258,24 +324,47 @@ def gap_means(
     records: Iterable[Record], values: RecordValues, gaps: Sequence[int] = GAPS
 ) -> dict[str, float]:
     """`sequential/<key>/gap<g>`: per key and gap, the mean over records of `values(record)`."""
+    return _gap_means(
+        (key, record["gap"], value)
+        for record in records
+        if record["gap"] in gaps
+        for key, value in values(record).items()
+    )
+
+
+def sequential_metrics(
+    records: Iterable[Record], gaps: Sequence[int] = GAPS, aggregation: str = "reference"
+) -> dict[str, float]:
+    """`sequential/<metric>/gap<g>` from sequential-editing records."""
+    records = list(records)
+    if _is_reference(aggregation):
+        by_gap = gap_probe_means(records, _all_values, gaps)
+    else:
+        by_gap = gap_means(records, _case_values, gaps)
+    return {**by_gap, **_edit_means(records, "sequential")}
+
+
+def gap_probe_means(
+    records: Iterable[Record], values: ProbeValues, gaps: Sequence[int] = GAPS
+) -> dict[str, float]:
+    """`sequential/<key>/gap<g>`: per key and gap, the mean over all probes of the records at
+    that gap (pooled, as `model_outputs/calculate_acc_sequential.py` counts)."""
+    return _gap_means(
+        (key, record["gap"], value)
+        for record in records
+        if record["gap"] in gaps
+        for judged in record["probes"]
+        for key, value in values(judged)
+    )
+
+
+def _gap_means(values: Iterable[tuple[str, int, float]]) -> dict[str, float]:
     pooled: dict[tuple[str, int], list[float]] = defaultdict(list)
-    for record in records:
-        if record["gap"] not in gaps:
-            continue
-        for key, value in values(record).items():
-            pooled[(key, record["gap"])].append(value)
+    for key, gap, value in values:
+        pooled[(key, gap)].append(value)
     return {
         f"sequential/{key}/gap{gap}": float(np.mean(found))
         for (key, gap), found in sorted(pooled.items())
-    }
-
-
-def sequential_metrics(records: Iterable[Record], gaps: Sequence[int] = GAPS) -> dict[str, float]:
-    """`sequential/<metric>/gap<g>` from sequential-editing records."""
-    records = list(records)
-    return {
-        **gap_means(records, _case_values, gaps),
-        **_edit_means(records, "sequential"),
     }
 
 

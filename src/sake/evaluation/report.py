@@ -27,7 +27,7 @@ from __future__ import annotations
 import math
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import cached_property
 from pathlib import Path
 from typing import Any, Protocol
@@ -138,7 +138,9 @@ def _probe_keys(judged: Mapping[str, Any]) -> list[str]:
     return keys
 
 
-def single_estimates(records: Sequence[Record]) -> dict[str, Estimate]:
+def single_estimates(
+    records: Sequence[Record], aggregation: str = "reference"
+) -> dict[str, Estimate]:
     """Every probe-score key of `single_metrics` with the number of probes behind it."""
     counts: dict[str, int] = Counter()
     for record in records:
@@ -146,11 +148,13 @@ def single_estimates(records: Sequence[Record]) -> dict[str, Estimate]:
             for key in _probe_keys(judged):
                 counts[f"single/{record['attribute']}/{key}"] += 1
                 counts[f"single/{key}"] += 1
-    values = single_metrics(records)
+    values = single_metrics(records, aggregation)
     return {key: Estimate(values[key], n) for key, n in counts.items() if key in values}
 
 
-def sequential_estimates(records: Sequence[Record]) -> dict[str, Estimate]:
+def sequential_estimates(
+    records: Sequence[Record], aggregation: str = "reference"
+) -> dict[str, Estimate]:
     """`sequential/<metric>/gap<g>` of `sequential_metrics` with the probes behind each."""
     counts: dict[str, int] = Counter()
     for record in records:
@@ -161,7 +165,7 @@ def sequential_estimates(records: Sequence[Record]) -> dict[str, Estimate]:
             counts[f"sequential/{kind}/gap{record['gap']}"] += 1
             if kind in LOCALITY_KINDS:
                 counts[f"sequential/{kind}/gt_post/gap{record['gap']}"] += 1
-    values = sequential_metrics(records)
+    values = sequential_metrics(records, aggregation=aggregation)
     return {key: Estimate(values[key], n) for key, n in counts.items() if key in values}
 
 
@@ -212,21 +216,23 @@ class Job:
     """One edit run as a report sees it: a column label, its records, where it came from.
 
     `categories` maps a case id to the knowledge categories of its portability probes, in
-    probe order (from the dataset; a judged probe's own `category` field wins).
+    probe order (from the dataset; a judged probe's own `category` field wins); `aggregation`
+    is the run's `eval.aggregation`.
     """
 
     label: str
     records: list[Record]
     directory: Path | None = None
     categories: Mapping[str, tuple[str | None, ...]] = field(default_factory=dict)
+    aggregation: str = "reference"
 
     @cached_property
     def single(self) -> dict[str, Estimate]:
-        return single_estimates(self.records)
+        return single_estimates(self.records, self.aggregation)
 
     @cached_property
     def sequential(self) -> dict[str, Estimate]:
-        return sequential_estimates(self.records)
+        return sequential_estimates(self.records, self.aggregation)
 
     @cached_property
     def degeneration(self) -> DegenerationCount:
@@ -290,7 +296,12 @@ def load_job(directory: Path, records_file: str = RECORDS_FILE) -> Job:
         raise ValueError(f"{path} holds no records; the run finished no edit")
     config = read_config(directory) or read_config(directory.parent)
     label = method_label(str(records[0].get("method", directory.name)))
-    return Job(label, records, directory, dataset_categories(config))
+    return Job(label, records, directory, dataset_categories(config), config_aggregation(config))
+
+
+def config_aggregation(config: Mapping[str, Any]) -> str:
+    """A run's `eval.aggregation` (runs that predate the setting aggregated per record)."""
+    return str((config.get("eval") or {}).get("aggregation", "project")) if config else "reference"
 
 
 def distinct_labels(jobs: Sequence[Job]) -> list[Job]:
@@ -309,7 +320,7 @@ def distinct_labels(jobs: Sequence[Job]) -> list[Job]:
         shared = set.intersection(*(overrides[id(twin)] for twin in twins))
         own = sorted(overrides[id(job)] - shared)
         detail = ", ".join(own) or (job.directory.name if job.directory else str(twins.index(job)))
-        renamed.append(Job(f"{job.label} ({detail})", job.records, job.directory, job.categories))
+        renamed.append(replace(job, label=f"{job.label} ({detail})"))
     return sorted(renamed, key=_job_order)
 
 
@@ -580,7 +591,7 @@ def _degeneration_section(jobs: Sequence[Job], figures: Mapping[str, str]) -> st
 
 
 def _specificity_section(jobs: Sequence[Job]) -> str | None:
-    metrics = [single_metrics(job.records) for job in jobs]
+    metrics = [single_metrics(job.records, job.aggregation) for job in jobs]
     present = [m for m in SPECIFICITY_METRICS if any(f"single/locality/{m}" in f for f in metrics)]
     if not present:
         return None
@@ -743,11 +754,11 @@ def summary_metrics(jobs: Sequence[Job]) -> dict[str, float]:
 def _job_summary(job: Job) -> dict[str, float]:
     if job.protocol == "single":
         estimates = job.single
-        values = single_metrics(job.records)
+        values = single_metrics(job.records, job.aggregation)
         headline = [f"single/{metric}" for metric, _ in HEADLINE]
     else:
         estimates = job.sequential
-        values = sequential_metrics(job.records)
+        values = sequential_metrics(job.records, aggregation=job.aggregation)
         headline = [f"sequential/{m}/gap{g}" for m, _ in HEADLINE for g in GAPS]
     summary = dict(values)
     for key in headline:
@@ -815,6 +826,7 @@ def publish_run_report(
     records: Sequence[Record],
     tracker: Tracker,
     categories: Mapping[str, tuple[str | None, ...]] | None = None,
+    aggregation: str = "reference",
 ) -> Report | None:
     """The report of one edit run, written into its directory and logged (no records: none).
 
@@ -823,7 +835,11 @@ def publish_run_report(
     if not records:
         return None
     job = Job(
-        method_label(str(records[0]["method"])), list(records), Path(directory), categories or {}
+        method_label(str(records[0]["method"])),
+        list(records),
+        Path(directory),
+        categories or {},
+        aggregation,
     )
     report = write_report([job], directory, f"{job.label} on {job.field_of('model')}")
     log_report(report, tracker)

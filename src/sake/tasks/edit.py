@@ -66,12 +66,12 @@ def edit_task(cfg: DictConfig, run: RunContext) -> dict[str, float]:
     tracker.start(run_config(cfg))
     try:
         records = run_protocol(cfg, run, settings, editor, lalm, dataset)
-        metrics = protocol_metrics(settings.protocol, records)
+        metrics = protocol_metrics(settings.protocol, records, str(cfg.eval.aggregation))
         tracker.log_summary(metrics)
         columns, rows = records_table(records)
         tracker.log_table("records", columns, rows)
         categories = portability_categories(dataset.release.all_cases())
-        publish_run_report(run.output_dir, records, tracker, categories)
+        publish_run_report(run.output_dir, records, tracker, categories, str(cfg.eval.aggregation))
     finally:
         tracker.finish()
     print(format_summary(settings.protocol, metrics))
@@ -131,11 +131,13 @@ def eval_settings(config: Mapping[str, Any]) -> EvalSettings:
     )
 
 
-def protocol_metrics(protocol: str, records: Sequence[Record]) -> dict[str, float]:
+def protocol_metrics(
+    protocol: str, records: Sequence[Record], aggregation: str = "reference"
+) -> dict[str, float]:
     """SAKE's metrics; sequential runs add the share of degenerate outputs by gap."""
     if protocol == "single":
-        return single_metrics(records)
-    return {**sequential_metrics(records), **degeneration_by_gap(records)}
+        return single_metrics(records, aggregation)
+    return {**sequential_metrics(records, aggregation=aggregation), **degeneration_by_gap(records)}
 
 
 def format_summary(protocol: str, metrics: Mapping[str, float]) -> str:

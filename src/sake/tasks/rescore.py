@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +28,7 @@ from sake.evaluation.judges.agreement import agreement_by_metric
 from sake.evaluation.judges.base import Judge, OptionJudge
 from sake.evaluation.metrics import judge_probes, sequential_metrics, single_metrics
 from sake.evaluation.records import RECORDS_FILE
-from sake.evaluation.report import Job, case_table, load_job, log_report, write_report
+from sake.evaluation.report import case_table, load_job, log_report, write_report
 from sake.tasks.judge_agreement import agreement_metrics, json_safe, verdict_labels
 from sake.utils.run import RunContext, atomic_write_text
 
@@ -56,9 +57,9 @@ def rescore_run(cfg: DictConfig, run: RunContext) -> dict[str, float]:
     saved = load_job(directory)
     judge = build_judge(cfg)
     out = directory / f"rescore-{judge.name}"
-    job = Job(saved.label, rejudge(saved.records, judge), out, saved.categories)
+    job = replace(saved, records=rejudge(saved.records, judge), directory=out)
     write_records(out / RECORDS_FILE, job.records)
-    metrics = protocol_metrics(job.records)
+    metrics = protocol_metrics(job.records, job.aggregation)
     RunContext(out).write_metrics(metrics)
     changes = write_verdict_changes(out / "agreement.json", saved.records, job.records)
     report = write_report([job], out, f"{saved.label} re-judged by the {judge.name} judge")
@@ -135,10 +136,10 @@ def rejudge(records: Sequence[Record], judge: Judge) -> list[dict[str, Any]]:
     ]
 
 
-def protocol_metrics(records: Sequence[Record]) -> dict[str, float]:
+def protocol_metrics(records: Sequence[Record], aggregation: str) -> dict[str, float]:
     if records and records[0]["protocol"] == "sequential":
-        return sequential_metrics(records)
-    return single_metrics(records)
+        return sequential_metrics(records, aggregation=aggregation)
+    return single_metrics(records, aggregation)
 
 
 def write_records(path: Path, records: Sequence[Record]) -> None:

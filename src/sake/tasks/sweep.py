@@ -12,6 +12,7 @@ summary, the tables, one row per record of every job, the figures and the report
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 from pathlib import Path
 
 from omegaconf import DictConfig
@@ -60,4 +61,4 @@ def sweep_jobs(directory: Path) -> list[Path]:
 
 
 def rejudged(job: Job, judge: Judge) -> Job:
-    return Job(job.label, rejudge(job.records, judge), job.directory, job.categories)
+    return replace(job, records=rejudge(job.records, judge))
