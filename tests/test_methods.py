@@ -95,18 +95,81 @@ def test_ft_lowers_the_target_loss_and_stops_below_the_threshold(
     lalm: DestaLALM, case: EditCase
 ) -> None:
     batch = lalm.prepare([case.reliability])
-    start = float(lalm.target_nll(batch, [case.reliability.answer]).detach())
+    answer = [case.reliability.answer]
+    start = float(lalm.target_nll(batch, answer, include_end=True).detach())
     stop = start - 0.3  # a random model's small lm_head bounds how low the loss can go
     config = FineTuneConfig(name="ft", role="llm.layer[-1].mlp", lr=5e-2, stop_loss=stop)
     editor = FineTuneEditor(config)
     outcome = editor.apply(lalm, case)
     try:
-        after = float(lalm.target_nll(batch, [case.reliability.answer]).detach())
+        after = float(lalm.target_nll(batch, answer, include_end=True).detach())
         assert outcome.final_loss == pytest.approx(after, rel=1e-5)
         assert after < stop and 1 <= outcome.steps < config.max_steps
         assert [edit.case_id for edit in editor.state.edits] == [case.case_id]
     finally:
         outcome.snapshot.restore()
+
+
+@pytest.mark.parametrize("supervise_end", [True, False])
+def test_ft_supervises_the_answer_and_by_default_its_end_token(
+    lalm: DestaLALM, case: EditCase, monkeypatch: pytest.MonkeyPatch, supervise_end: bool
+) -> None:
+    """The reference's FT target is the answer followed by the end token (LALM_edit_dataset.py:
+    `answer + eos_token`); every one of those positions, and no other, carries the loss."""
+    seen: list[bool] = []
+    original = type(lalm).target_nll
+
+    def recording(self, batch, targets, *, include_end=False):
+        seen.append(include_end)
+        return original(self, batch, targets, include_end=include_end)
+
+    monkeypatch.setattr(type(lalm), "target_nll", recording)
+    config = FineTuneConfig("ft", "connector", lr=1e-2, max_steps=1, supervise_end=supervise_end)
+    FineTuneEditor(config).apply(lalm, case).snapshot.restore()
+    assert seen and set(seen) == {supervise_end}
+    batch = lalm.prepare([case.reliability])
+    answer = lalm.target_token_ids(batch, [case.reliability.answer])[0]
+    with_end = lalm.target_token_ids(batch, [case.reliability.answer], include_end=True)[0]
+    assert with_end[:-1] == answer and len(with_end) == len(answer) + 1
+    assert lalm.tokenizer.decode(with_end[-1:]) == lalm.tokenizer.decode(lalm._stop_token_ids()[:1])
+
+
+@pytest.mark.parametrize(("master_weights", "fp32_copies"), [("none", False), ("fp32", True)])
+def test_ft_runs_adam_on_the_weights_themselves_unless_asked_for_fp32_copies(
+    lalm: DestaLALM,
+    case: EditCase,
+    monkeypatch: pytest.MonkeyPatch,
+    master_weights: str,
+    fp32_copies: bool,
+) -> None:
+    """On bf16 weights (Qwen2-Audio and AF3 as the reference loads them) the reference's Adam
+    updates the bf16 parameters; `master_weights=fp32` hands it fp32 copies instead."""
+    optimised: list[torch.Tensor] = []
+
+    class Recorded(Exception):
+        pass
+
+    def recording(params, **options):
+        optimised.extend(params)
+        raise Recorded  # the optimiser is all this test looks at
+
+    monkeypatch.setattr(torch.optim, "Adam", recording)
+    role = "llm.layer[-1].mlp"
+    parameters = lalm.modules.parameters(role)
+    original = {name: p.data for name, p in parameters.items()}
+    with torch.no_grad():
+        for parameter in parameters.values():
+            parameter.data = parameter.data.to(torch.bfloat16)
+    try:
+        config = FineTuneConfig("ft", role, lr=1e-2, max_steps=1, master_weights=master_weights)
+        with pytest.raises(Recorded):
+            FineTuneEditor(config).apply(lalm, case)
+        by_identity = {id(p) for p in parameters.values()}
+        assert optimised and all((id(t) not in by_identity) is fp32_copies for t in optimised)
+        assert {t.dtype for t in optimised} == {torch.float32 if fp32_copies else torch.bfloat16}
+    finally:
+        for name, parameter in parameters.items():
+            parameter.data = original[name]
 
 
 def test_ft_keeps_the_requires_grad_flags(lalm: DestaLALM, case: EditCase) -> None:
@@ -137,11 +200,11 @@ def test_ft_restores_the_weights_when_an_edit_fails(
     calls = {"n": 0}
     original = lalm.target_nll
 
-    def failing(batch, targets):
+    def failing(batch, targets, **options):
         calls["n"] += 1
         if calls["n"] == 3:
             raise RuntimeError("out of memory")
-        return original(batch, targets)
+        return original(batch, targets, **options)
 
     monkeypatch.setattr(lalm, "target_nll", failing)
     with pytest.raises(RuntimeError, match="out of memory"):

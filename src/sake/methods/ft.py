@@ -4,7 +4,14 @@ Both are the same method pointed at different roles: `llm.layer[-1].mlp` (the la
 layer's MLP) for FT (LLM) and `connector` (the modality connector) for FT (Audio). Adam runs
 on the role's parameters only, minimising the teacher-forced NLL of the reliability probe's
 answer y_e given the edit audio and question, for at most `max_steps` steps, and stops as
-soon as the loss falls below `stop_loss`. Adam keeps fp32 copies of bf16/fp16 weights.
+soon as the loss falls below `stop_loss`.
+
+As the SAKE reference (`easyeditor/models/ft/ft_lalm_main.py`, targets from
+`easyeditor/dataset/LALM_edit_dataset.py`) by default: the answer is supervised together with
+the token that ends it (`supervise_end`), and Adam updates the weights in their own dtype
+(`master_weights: none`; bf16 weights then lose every update smaller than their rounding
+step). `master_weights: fp32` keeps fp32 copies for Adam and writes each step back, rounded
+once; `supervise_end: false` scores the answer's tokens alone.
 """
 
 from __future__ import annotations
@@ -28,6 +35,8 @@ from sake.methods.base import (
 )
 from sake.models.base import LALM
 
+MASTER_WEIGHTS = ("none", "fp32")
+
 
 @dataclass(frozen=True)
 class FineTuneConfig:
@@ -38,10 +47,17 @@ class FineTuneConfig:
     lr: float
     max_steps: int = 15
     stop_loss: float = 1e-2
+    supervise_end: bool = True
+    master_weights: str = "none"
 
     def __post_init__(self) -> None:
         if self.lr <= 0:
             raise ValueError(f"{self.name}: lr must be positive, got {self.lr}")
+        if self.master_weights not in MASTER_WEIGHTS:
+            raise ValueError(
+                f"{self.name}: master_weights must be one of {MASTER_WEIGHTS}, "
+                f"got {self.master_weights!r}"
+            )
         if self.max_steps < 1:
             raise ValueError(f"{self.name}: max_steps must be at least 1, got {self.max_steps}")
 
@@ -81,20 +97,25 @@ class FineTuneEditor:
         """Adam steps until the loss is below `stop_loss` or `max_steps` were taken."""
         batch = lalm.prepare([case.reliability])
         targets = [case.reliability.answer]
-        weights = MasterWeights(list(parameters.values()))
-        optimizer = torch.optim.Adam(weights.tensors, lr=self.config.lr, foreach=True)
+        trained = list(parameters.values())
+        weights = MasterWeights(trained) if self.config.master_weights == "fp32" else None
+        tensors = trained if weights is None else weights.tensors
+        optimizer = torch.optim.Adam(tensors, lr=self.config.lr, foreach=True)
+        end = self.config.supervise_end
         steps = 0
         with trainable_only(lalm.model, parameters), torch.enable_grad():
             while True:
-                loss = lalm.target_nll(batch, targets).mean()
+                loss = lalm.target_nll(batch, targets, include_end=end).mean()
                 final_loss = float(loss.detach())
                 if final_loss < self.config.stop_loss or steps == self.config.max_steps:
                     return steps, final_loss
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
-                weights.pull_gradients()
+                if weights is not None:
+                    weights.pull_gradients()
                 optimizer.step()
-                weights.push_weights()
+                if weights is not None:
+                    weights.push_weights()
                 steps += 1
 
     def context(self) -> QueryContext:

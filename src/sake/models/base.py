@@ -88,8 +88,13 @@ class LALM(Protocol):
         """`generate`, plus the logits of every answer's first token from the same pass."""
         ...
 
-    def target_nll(self, batch: Batch, targets: Sequence[str]) -> Tensor:
-        """Mean teacher-forced NLL per target token, one value per row, differentiable."""
+    def target_nll(
+        self, batch: Batch, targets: Sequence[str], *, include_end: bool = False
+    ) -> Tensor:
+        """Mean teacher-forced NLL per target token, one value per row, differentiable.
+
+        With `include_end` the end-of-turn token that closes the answer is scored too.
+        """
         ...
 
     def next_token_logits(self, batch: Batch) -> Tensor:
