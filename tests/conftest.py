@@ -11,7 +11,7 @@ from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, open_dict
 
-from lalm_fixtures import edit_release, make_lalm, make_tokenizer
+from lalm_fixtures import edit_release, make_lalm, make_tokenizer, write_stand_in_prompts
 from sake.data.readers import SakeRelease
 from sake.data.schema import EditCase
 from sake.models.desta import DestaLALM
@@ -52,6 +52,9 @@ def compose_cfg(tmp_path: Path) -> Iterator[ComposeFn]:
             cfg.paths.output_dir = str(tmp_path / "run")
             cfg.paths.data_dir = str(tmp_path / "data")
             cfg.paths.cache_dir = str(tmp_path / "cache")
+            if not any(o.startswith("paths.reference_prompts=") for o in overrides or []):
+                stand_in = write_stand_in_prompts(tmp_path / "reference_prompts.json")
+                cfg.paths.reference_prompts = str(stand_in)
         return cfg
 
     yield _compose

@@ -20,7 +20,7 @@ from fixtures_data import make_case, tiny_release, write_tiny_audio
 from sake.data.readers import SakeRelease
 from sake.data.schema import EditCase
 from sake.data.schema import Sequence as EditSequence
-from sake.methods.ike import INSTRUCTIONS, SUBJECTS
+from sake.methods.ike import PROJECT_INSTRUCTIONS, SUBJECTS
 from sake.models.desta import DestaLALM, build_random_desta_tiny
 from sake.models.modeling_desta import AUDIO_ENCODER_PREFIX, CONNECTOR_PREFIX, LLM_PREFIX
 from sake.models.tokenizer import train_tokenizer
@@ -91,8 +91,23 @@ def rooted(release: SakeRelease, audio_root: Path) -> SakeRelease:
     )
 
 
+# A prompt file in the reference's format with the project's own test wording: the tests of
+# everything but the reference texts themselves read it instead of the reference's file.
+STAND_IN_PROMPTS = {
+    "ike_system": "Audio edits in force:\n{edits}\nAnswer audio questions accordingly.",
+    "ike_rule_format": "'{pre}' => '{post}'",
+}
+
+
+def write_stand_in_prompts(path: Path) -> Path:
+    prompts = {key: {"text": text} for key, text in STAND_IN_PROMPTS.items()}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"source": "tests", "prompts": prompts}), encoding="utf-8")
+    return path
+
+
 def tokenizer_texts(release: SakeRelease) -> list[str]:
-    texts = [INSTRUCTIONS, *SUBJECTS.values()]
+    texts = [PROJECT_INSTRUCTIONS, *SUBJECTS.values()]
     for case in release.all_cases():
         for probe in case.probes():
             texts += [probe.question, probe.answer, *probe.options]

@@ -49,7 +49,7 @@ def editors() -> list[Any]:
         FineTuneEditor(
             FineTuneConfig(name="ft_llm", role="llm.layer[-1].mlp", lr=1e-2, max_steps=3)
         ),
-        InstructionEditor(InstructionConfig("i_ike")),
+        InstructionEditor(InstructionConfig("i_ike", prompt="project")),
     ]
 
 
@@ -125,7 +125,10 @@ def test_benchmark_judges_both_protocols_alike_and_ends_with_a_json_summary(
 def test_pre_edit_modes_decide_who_generates_and_who_pays(
     lalm: DestaLALM, release: SakeRelease, tmp_path: Path, mode: str
 ) -> None:
-    editors = [InstructionEditor(InstructionConfig(name)) for name in ("i_ike", "i_ike_again")]
+    editors = [
+        InstructionEditor(InstructionConfig(name, prompt="project"))
+        for name in ("i_ike", "i_ike_again")
+    ]
     benchmark = run_benchmark(
         lalm,
         editors,
@@ -163,7 +166,7 @@ def test_reference_generates_one_probe_at_a_time_and_regenerates_every_earlier_e
     sequence = replace(release.sequences[1], cases=release.sequences[1].cases[:4])
     probes_per_case = [len(list(case.probes())) for case in sequence.cases]
     settings = replace(SETTINGS, max_edit=2, max_gap=1)
-    editor = InstructionEditor(InstructionConfig("i_ike"))
+    editor = InstructionEditor(InstructionConfig("i_ike", prompt="project"))
     reference = ReferenceProtocol(counting, editor, settings=settings)
     records = reference.run_sequential([sequence])
     assert set(counting.generated_batches) == {1}
@@ -216,6 +219,7 @@ def test_command_line_prints_the_report_and_ends_with_the_json_line(
         f"dataset.root={root}",
         f"model.weights_dir={weights}",
         "eval.max_new_tokens=3",
+        "method.prompt=project",
     ]
     options = ["--methods", "i_ike", "--cases", "1", "--threads", "1", "--pre-edit", "warm"]
     assert main([*options, *overrides]) == 0

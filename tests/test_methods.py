@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import fields, replace
+from pathlib import Path
 
 import pytest
 import torch
@@ -11,7 +13,13 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf
 from torch import nn
 
-from lalm_fixtures import edit_release, make_lalm, make_tokenizer
+from lalm_fixtures import (
+    STAND_IN_PROMPTS,
+    edit_release,
+    make_lalm,
+    make_tokenizer,
+    write_stand_in_prompts,
+)
 from sake.data.readers import SakeRelease
 from sake.data.schema import EditCase
 from sake.methods.base import (
@@ -26,10 +34,10 @@ from sake.methods.ft import FineTuneConfig, FineTuneEditor
 from sake.methods.ike import (
     DemonstrationConfig,
     DemonstrationEditor,
+    EditStatement,
     InContextState,
     InstructionConfig,
     InstructionEditor,
-    instruction_prompt,
 )
 from sake.models.desta import DestaLALM
 
@@ -41,6 +49,8 @@ METHOD_CONFIGS = {
     "i_ike": (InstructionEditor, InstructionConfig),
     "ie_ike": (DemonstrationEditor, DemonstrationConfig),
 }
+
+SHARED_PROMPTS = Path(__file__).resolve().parents[2] / "shared" / "sake" / "reference_prompts.json"
 
 
 @pytest.fixture(scope="module")
@@ -216,7 +226,7 @@ def test_only_ft_audio_touches_the_audio_path() -> None:
     assert ft("connector").touches_audio_path
     assert ft("audio_encoder").touches_audio_path
     assert not ft("llm.layer[-1].mlp").touches_audio_path
-    assert not InstructionEditor(InstructionConfig("i_ike")).touches_audio_path
+    assert not InstructionEditor(InstructionConfig("i_ike", prompt="project")).touches_audio_path
 
 
 def test_ft_rejects_a_role_the_model_lacks(lalm: DestaLALM) -> None:
@@ -252,8 +262,8 @@ def test_ike_methods_change_no_parameter(
 ) -> None:
     before = all_parameters(lalm)
     for editor in (
-        InstructionEditor(InstructionConfig("i_ike")),
-        DemonstrationEditor(DemonstrationConfig("ie_ike")),
+        InstructionEditor(InstructionConfig("i_ike", prompt="project")),
+        DemonstrationEditor(DemonstrationConfig("ie_ike", prompt="project")),
     ):
         editor.prepare(lalm, release.splits["train"])
         outcome = editor.apply(lalm, case)
@@ -268,7 +278,7 @@ def _contextual_batch(lalm: DestaLALM, editor: Editor, case: EditCase):
 
 
 def test_i_ike_prompt_maps_each_edit_and_accumulates(release: SakeRelease) -> None:
-    editor = InstructionEditor(InstructionConfig("i_ike"))
+    editor = InstructionEditor(InstructionConfig("i_ike", prompt="project"))
     assert editor.context().system is None
     first, second = release.splits["test"][0], release.splits["test"][2]
     editor.apply(None, first)
@@ -284,7 +294,7 @@ def test_i_ike_prompt_maps_each_edit_and_accumulates(release: SakeRelease) -> No
 def test_ie_ike_demonstrates_the_same_pair_with_audio_turns(
     lalm: DestaLALM, release: SakeRelease
 ) -> None:
-    editor = DemonstrationEditor(DemonstrationConfig("ie_ike"))
+    editor = DemonstrationEditor(DemonstrationConfig("ie_ike", prompt="project"))
     editor.prepare(lalm, release.splits["train"])
     test_case = _case_with_pair(release, "Animal", "dog", "cat")
     retrieved = editor.retrieve(test_case)
@@ -298,7 +308,7 @@ def test_ie_ike_demonstrates_the_same_pair_with_audio_turns(
     assert [t.text for t in answers[:4]] == ["cat"] * 4
     assert all(len(turn.audio) == 1 for turn in users[:8]) and users[8].audio == ()
     assert users[-1].text == retrieved.locality_text[0].question
-    gender = DemonstrationEditor(DemonstrationConfig("ie_ike"))
+    gender = DemonstrationEditor(DemonstrationConfig("ie_ike", prompt="project"))
     gender.prepare(lalm, release.splits["train"])
     gender.apply(lalm, _case_with_pair(release, "Gender", "male", "female"))
     assert len(gender.context().history) == 2 * (1 + 3 + 3 + 1)
@@ -312,25 +322,30 @@ def _case_with_pair(release: SakeRelease, attribute: str, y_o: str, y_e: str) ->
 def test_ie_ike_falls_back_to_the_same_target_then_the_attribute(
     lalm: DestaLALM, release: SakeRelease
 ) -> None:
-    editor = DemonstrationEditor(DemonstrationConfig("ie_ike"))
+    editor = DemonstrationEditor(DemonstrationConfig("ie_ike", prompt="project"))
     editor.prepare(lalm, release.splits["train"])
     same_target = editor.retrieve(_case_with_pair(release, "Animal", "pig", "cat"))
     assert same_target.y_e == "cat"
     any_animal = editor.retrieve(_case_with_pair(release, "Animal", "pig", "cow"))
     assert any_animal.attribute == "Animal"
-    again = DemonstrationEditor(DemonstrationConfig("ie_ike"))
+    hashed = DemonstrationConfig("ie_ike", selection="hash", prompt="project")
+    first, again = DemonstrationEditor(hashed), DemonstrationEditor(hashed)
+    first.prepare(lalm, release.splits["train"])
     again.prepare(lalm, list(reversed(release.splits["train"])))
-    assert again.retrieve(_case_with_pair(release, "Animal", "pig", "cow")) == any_animal
+    unseen = _case_with_pair(release, "Animal", "pig", "cow")
+    assert again.retrieve(unseen) == first.retrieve(unseen)  # whatever the order
     with pytest.raises(ValueError, match="no Emotion case"):
         editor.retrieve(_case_with_pair(release, "Emotion", "happy", "sad"))
     with pytest.raises(ValueError, match="training split"):
-        DemonstrationEditor(DemonstrationConfig("ie_ike")).prepare(lalm, [])
+        DemonstrationEditor(DemonstrationConfig("ie_ike", prompt="project")).prepare(lalm, [])
 
 
-def test_ie_ike_keeps_the_latest_demonstrations_in_sequence(
-    lalm: DestaLALM, release: SakeRelease
+@pytest.mark.parametrize(("accumulate", "turns"), [(True, 2 * (9 + 8)), (False, 2 * 8)])
+def test_ie_ike_demonstrations_in_sequence_accumulate_as_the_reference_unless_told(
+    lalm: DestaLALM, release: SakeRelease, accumulate: bool, turns: int
 ) -> None:
-    editor = DemonstrationEditor(DemonstrationConfig("ie_ike"))
+    config = DemonstrationConfig("ie_ike", accumulate_demonstrations=accumulate, prompt="project")
+    editor = DemonstrationEditor(config)
     editor.prepare(lalm, release.splits["train"])
     animal = _case_with_pair(release, "Animal", "dog", "cat")
     gender = _case_with_pair(release, "Gender", "female", "male")
@@ -338,12 +353,29 @@ def test_ie_ike_keeps_the_latest_demonstrations_in_sequence(
     editor.apply(lalm, gender)
     context = editor.context()
     assert "dog -> cat" in context.system and "female -> male" in context.system
-    assert context.history[1].text == "male"
-    assert len(context.history) == 2 * 8
+    assert len(context.history) == turns
+    assert context.history[-15].text == "male"  # the gender demonstrations come last
+
+
+def test_ie_ike_draws_like_the_reference_random_choice(
+    lalm: DestaLALM, release: SakeRelease
+) -> None:
+    """One `random.Random(42).choice` per edit over the same-pair training cases in file order,
+    as the reference's `random.choice` after `random.seed(42)`."""
+    import random
+
+    train = release.splits["train"]
+    editor = DemonstrationEditor(DemonstrationConfig("ie_ike", prompt="project"))
+    editor.prepare(lalm, train)
+    edits = [_case_with_pair(release, "Animal", "dog", "cat")] * 3
+    drawn = [editor.retrieve(case) for case in edits]
+    expected = random.Random(42)
+    same_pair = [c for c in train if (c.y_o, c.y_e) == ("dog", "cat")]
+    assert drawn == [expected.choice(same_pair) for _ in edits]
 
 
 def test_editor_state_round_trips(lalm: DestaLALM, release: SakeRelease, case: EditCase) -> None:
-    editor = DemonstrationEditor(DemonstrationConfig("ie_ike"))
+    editor = DemonstrationEditor(DemonstrationConfig("ie_ike", prompt="project"))
     editor.prepare(lalm, release.splits["train"])
     editor.apply(lalm, case)
     saved = editor.state.state_dict()
@@ -355,12 +387,37 @@ def test_editor_state_round_trips(lalm: DestaLALM, release: SakeRelease, case: E
     assert plain.state_dict() == {"edits": saved["edits"]}
 
 
-def test_instruction_prompt_lists_each_rule_once() -> None:
+def test_the_project_prompt_lists_each_rule_once() -> None:
     edit = AppliedEdit("c1", "Gender", "male", "female")
-    prompt = instruction_prompt([edit, replace(edit, case_id="c2")])
+    statement = EditStatement.of("project", None)
+    prompt = statement.render([edit, replace(edit, case_id="c2")])
     assert prompt.count("male -> female") == 1
     assert "gender of the speaker: male -> female" in prompt
-    assert instruction_prompt([]) is None
+    assert statement.render([]) is None
+
+
+def test_the_reference_prompt_states_one_quoted_rule_per_edit(tmp_path: Path) -> None:
+    prompts = write_stand_in_prompts(tmp_path / "prompts.json")
+    editor = InstructionEditor(InstructionConfig("i_ike", prompts_file=str(prompts)))
+    first = AppliedEdit("c1", "Animal", "dog", "cat")
+    second = AppliedEdit("c2", "Gender", "male", "female")
+    editor.state.edits = [first, second]
+    assert editor.context().system == STAND_IN_PROMPTS["ike_system"].replace(
+        "{edits}", "'dog' => 'cat'\n'male' => 'female'"
+    )
+    with pytest.raises(ValueError, match="prompts_file"):
+        InstructionEditor(InstructionConfig("i_ike"))
+    with pytest.raises(FileNotFoundError, match="python -m sake.data.reference_prompts"):
+        InstructionEditor(InstructionConfig("i_ike", prompts_file=str(tmp_path / "none.json")))
+
+
+@pytest.mark.skipif(not SHARED_PROMPTS.is_file(), reason="the reference prompt file is absent")
+def test_the_reference_ike_prompt_is_the_reference_text() -> None:
+    editor = InstructionEditor(InstructionConfig("i_ike", prompts_file=str(SHARED_PROMPTS)))
+    editor.state.edits = [AppliedEdit("c1", "Animal", "dog", "cat")]
+    texts = json.loads(SHARED_PROMPTS.read_text(encoding="utf-8"))["prompts"]
+    rule = texts["ike_rule_format"]["text"].replace("{pre}", "dog").replace("{post}", "cat")
+    assert editor.context().system == texts["ike_system"]["text"].replace("{edits}", rule)
 
 
 # --------------------------------------------------------------------------- configs

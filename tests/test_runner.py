@@ -73,7 +73,7 @@ def ft_audio() -> FineTuneEditor:
 
 
 def i_ike() -> InstructionEditor:
-    return InstructionEditor(InstructionConfig("i_ike"))
+    return InstructionEditor(InstructionConfig("i_ike", prompt="project"))
 
 
 def make_runner(

@@ -142,22 +142,31 @@ def test_a_missing_prompt_file_says_how_to_write_it(tmp_path: Path) -> None:
 
 @needs_prompts
 def test_the_prompt_file_is_written_from_a_checkout(tmp_path: Path) -> None:
-    """A stand-in checkout whose functions bind the shared texts as the reference's source
-    does (f-strings with escapes, a conditional context part) yields the same texts."""
+    """A stand-in checkout whose code binds the shared texts as the reference's source does
+    (f-strings with escapes, a conditional context part, a module-level constant, a list
+    comprehension of rules) yields the same texts."""
     shared = ReferencePrompts.load(SHARED_PROMPTS)
     checkout = tmp_path / "EasyEdit"
-    by_file: dict[str, dict[str, list[tuple[str, str]]]] = {}
+    by_file: dict[str, dict[str | None, list[tuple[str, str]]]] = {}
     for key, where in PROMPT_SOURCES.items():
         functions = by_file.setdefault(where.path, {})
         functions.setdefault(where.function, []).append((where.variable, shared.text(key)))
     for path, functions in by_file.items():
         body = []
         for function, bindings in functions.items():
-            body.append(f"def {function}(question=''):")
+            indent = "" if function is None else "    "
+            if function is not None:
+                body.append(f"def {function}(question='', edits=()):")
             for variable, text in bindings:
                 literal = "f" + json.dumps(text, ensure_ascii=False)
-                body.append(f"    {variable} = {literal} if question.strip() else ''")
-            body.append("    return None\n")
+                if function is None:
+                    value = json.dumps(text, ensure_ascii=False)
+                elif variable == "edit_strs":
+                    value = f"[{literal} for pre, post in edits]"
+                else:
+                    value = f"{literal} if question.strip() else ''"
+                body.append(f"{indent}{variable} = {value}")
+            body.append(f"{indent}x = None\n")
         (checkout / path).parent.mkdir(parents=True, exist_ok=True)
         (checkout / path).write_text("\n".join(body), encoding="utf-8")
     written = write_prompt_file(checkout, tmp_path / "out.json")

@@ -126,7 +126,21 @@ def compose_configs(args: argparse.Namespace, methods: Sequence[str]) -> dict[st
         )
     common = [f"model={args.model}", f"dataset={args.dataset}", "logger=none", *args.overrides]
     with initialize_config_dir(config_dir=str(config_dir), version_base="1.3"):
-        return {name: compose("edit", overrides=[*common, f"method={name}"]) for name in methods}
+        configs = {name: compose("edit", overrides=[*common, f"method={name}"]) for name in methods}
+    for cfg in configs.values():
+        without_reference_prompts(cfg)
+    return configs
+
+
+def without_reference_prompts(cfg: DictConfig) -> None:
+    """Let in-context methods state their edits in the project's words when the reference's
+    prompt file is absent: the wording does not change what the benchmark times."""
+    method = cfg.method
+    if method.get("prompt") == "reference" and not Path(str(method.prompts_file)).is_file():
+        logging.getLogger("sake.bench").info(
+            "%s: no reference prompt file, timed with the project's prompt", method.name
+        )
+        method.prompt = "project"
 
 
 def build_workload(dataset: Any, args: argparse.Namespace, protocols: Sequence[str]) -> Workload:

@@ -73,6 +73,16 @@ class ReferencePrompts:
         return entry["text"]
 
 
+def fill(template: str, **values: str) -> str:
+    """Substitute `{name}` placeholders (each value inserted once, never re-read), leaving
+    every other brace of the template alone."""
+    for name in values:
+        template = template.replace("{" + name + "}", "\0" + name + "\0")
+    for name, value in values.items():
+        template = template.replace("\0" + name + "\0", value)
+    return template
+
+
 # --------------------------------------------------------------------------- extraction
 
 
@@ -82,7 +92,7 @@ class PromptSource:
     there (the n-th such binding when a function binds it several times)."""
 
     path: str
-    function: str
+    function: str | None  # None: a module-level binding
     variable: str
     occurrence: int = 0
 
@@ -103,16 +113,25 @@ PROMPT_SOURCES: dict[str, PromptSource] = {
     "judge_consistency_sequential": PromptSource(
         "model_outputs/llm_evaluator_sequential.py", "llm_judge_consistency", "prompt"
     ),
+    "ike_system": PromptSource(
+        "easyeditor/dataset/LALM_edit_dataset.py", None, "IKE_SYSTEM_PROMPT"
+    ),
+    "ike_rule_format": PromptSource(
+        "easyeditor/dataset/LALM_edit_dataset.py", "generate_ike_response", "edit_strs"
+    ),
 }
 
 
 def template_text(node: ast.expr) -> str | None:
     """The text of a string or f-string literal with each placeholder written `{name}`;
-    for `a if cond else b`, the text of `a`. None for anything else."""
+    for `a if cond else b`, the text of `a`; for `[x for ...]`, the text of `x`. None for
+    anything else."""
     if isinstance(node, ast.Constant) and isinstance(node.value, str):
         return node.value
     if isinstance(node, ast.IfExp):
         return template_text(node.body)
+    if isinstance(node, ast.ListComp):
+        return template_text(node.elt)
     if isinstance(node, ast.JoinedStr):
         parts = []
         for value in node.values:
@@ -125,21 +144,32 @@ def template_text(node: ast.expr) -> str | None:
 
 
 def extract_prompt(source: str, where: PromptSource) -> str:
-    """The text bound to `where.variable` inside `where.function` of a module's source."""
+    """The text bound to `where.variable` inside `where.function` (or at module level) of a
+    module's source; the first such function that binds it wins."""
     tree = ast.parse(source)
-    for function in ast.walk(tree):
-        if isinstance(function, ast.FunctionDef) and function.name == where.function:
-            found = [
-                text
-                for node in ast.walk(function)
-                if isinstance(node, ast.Assign)
-                and any(isinstance(t, ast.Name) and t.id == where.variable for t in node.targets)
-                and (text := template_text(node.value)) is not None
-            ]
-            if len(found) > where.occurrence:
-                return found[where.occurrence]
+    scopes: list[ast.AST] = (
+        [tree]
+        if where.function is None
+        else [
+            node
+            for node in ast.walk(tree)
+            if isinstance(node, ast.FunctionDef) and node.name == where.function
+        ]
+    )
+    for scope in scopes:
+        nodes = ast.iter_child_nodes(scope) if where.function is None else ast.walk(scope)
+        found = [
+            text
+            for node in nodes
+            if isinstance(node, ast.Assign)
+            and any(isinstance(t, ast.Name) and t.id == where.variable for t in node.targets)
+            and (text := template_text(node.value)) is not None
+        ]
+        if len(found) > where.occurrence:
+            return found[where.occurrence]
+    place = "module level" if where.function is None else f"{where.function}()"
     raise ValueError(
-        f"{where.path}: no string bound to {where.variable!r} in {where.function}(); "
+        f"{where.path}: no string bound to {where.variable!r} at {place}; "
         "is this a checkout of the SAKE reference?"
     )
 

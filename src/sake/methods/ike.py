@@ -7,20 +7,30 @@ audio-locality and text-locality examples, each a user turn with its own audio f
 the expected answer, so the model sees the edit applied where it should be and ignored where
 it should not.
 
-Retrieval takes the training cases with the same attribute and (y_o, y_e) pair; when the
-training split has none, the cases with the same y_e; failing that, any case of the same
-attribute. Among the candidates one is picked by a hash of the seed and the edited case's id,
-so that the choice does not depend on the order of the edits (a resumed run retrieves the same
-demonstrations).
+By default both follow the SAKE reference (`easyeditor/editors/lalm_editor.py`,
+`easyeditor/dataset/LALM_edit_dataset.py`): the system prompt is the reference's, read from
+the reference prompt file (`prompts_file`; `ike_system`, one `ike_rule_format` line per edit),
+never shipped with the project; `prompt: project` states the edits in the project's own words
+instead.
 
-Sequential editing: the system prompt accumulates every edit applied since the last reset,
-while IE-IKE keeps only the demonstrations of the latest edit, which bounds the context at
-one demonstration set however long the sequence.
+Retrieval takes the training cases with the same (y_o, y_e) pair, in the training split's
+order; when the training split has none (the reference stops there), the cases with the same
+attribute and y_e, failing that any case of the same attribute. `selection: reference` draws
+one of them with a `random.Random(seed)` (seed 42, as the reference seeds Python's generator)
+kept across the whole run, one draw per edit in the order edits are applied; so a resumed run
+draws differently from an uninterrupted one after the restart. `selection: hash` picks by a
+hash of the seed and the edited case's id, independent of order and of resuming.
+
+Sequential editing: the system prompt accumulates every edit applied since the last reset, and
+so do IE-IKE's demonstrations (`accumulate_demonstrations`, as the reference); `false` keeps only
+the latest edit's, which bounds the context at one demonstration set.
 """
 
 from __future__ import annotations
 
 import hashlib
+import logging
+import random
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -28,6 +38,7 @@ from pathlib import Path
 from time import perf_counter
 from typing import Any
 
+from sake.data.reference_prompts import ReferencePrompts, fill
 from sake.data.schema import EditCase, Probe
 from sake.methods.base import AppliedEdit, EditorState, EditOutcome, QueryContext
 from sake.models.base import LALM, Turn
@@ -39,7 +50,9 @@ SUBJECTS: dict[str, str] = {
     "Language": "language being spoken",
 }
 
-INSTRUCTIONS = (
+log = logging.getLogger(__name__)
+
+PROJECT_INSTRUCTIONS = (
     "Some facts about audio have been updated. When an audio clip shows the first label of a "
     "line below, it now counts as the second label:\n{rules}\n"
     "Treat the new label as the truth and carry everything that follows from it over as well: "
@@ -47,19 +60,48 @@ INSTRUCTIONS = (
     "These updates concern questions about audio clips only. Answer every other question, "
     "with or without audio, exactly as you would without them."
 )
+PROJECT_RULE = "- {subject}: {pre} -> {post}"
+PROMPTS = ("reference", "project")
+SELECTIONS = ("reference", "hash")
 
 
-def edit_rule(edit: AppliedEdit) -> str:
-    subject = SUBJECTS.get(edit.attribute, edit.attribute.lower())
-    return f"- {subject}: {edit.y_o} -> {edit.y_e}"
+@dataclass(frozen=True)
+class EditStatement:
+    """How a system prompt states edits: a template whose `{slot}` takes the rules, one rule per
+    edit (with `{pre}`, `{post}` and `{subject}`), joined by `joiner`; `unique` drops repeats."""
+
+    template: str
+    rule: str
+    slot: str = "edits"
+    joiner: str = "\n"
+    unique: bool = False
+
+    @classmethod
+    def of(cls, prompt: str, prompts_file: str | None) -> EditStatement:
+        if prompt == "project":
+            return cls(PROJECT_INSTRUCTIONS, PROJECT_RULE, slot="rules", unique=True)
+        if prompts_file is None:
+            raise ValueError("the reference IKE prompt needs prompts_file (or prompt=project)")
+        prompts = ReferencePrompts.load(prompts_file)
+        return cls(prompts.text("ike_system"), prompts.text("ike_rule_format"))
+
+    def render(self, edits: Sequence[AppliedEdit]) -> str | None:
+        """The system prompt stating `edits`, or None when there is nothing to state."""
+        if not edits:
+            return None
+        rules = [self._rule(edit) for edit in edits]
+        if self.unique:
+            rules = list(dict.fromkeys(rules))
+        return fill(self.template, **{self.slot: self.joiner.join(rules)})
+
+    def _rule(self, edit: AppliedEdit) -> str:
+        subject = SUBJECTS.get(edit.attribute, edit.attribute.lower())
+        return fill(self.rule, subject=subject, pre=edit.y_o, post=edit.y_e)
 
 
-def instruction_prompt(edits: Sequence[AppliedEdit]) -> str | None:
-    """The system prompt stating `edits`, or None when there is nothing to state."""
-    if not edits:
-        return None
-    rules = "\n".join(dict.fromkeys(edit_rule(edit) for edit in edits))
-    return INSTRUCTIONS.format(rules=rules)
+def check_choice(name: str, field_name: str, value: str, choices: Sequence[str]) -> None:
+    if value not in choices:
+        raise ValueError(f"{name}: {field_name} must be one of {tuple(choices)}, got {value!r}")
 
 
 @dataclass(frozen=True)
@@ -67,6 +109,11 @@ class InstructionConfig:
     """Hyperparameters of I-IKE; exactly the fields of `configs/method/i_ike.yaml`."""
 
     name: str
+    prompt: str = "reference"
+    prompts_file: str | None = None
+
+    def __post_init__(self) -> None:
+        check_choice(self.name, "prompt", self.prompt, PROMPTS)
 
 
 @dataclass(frozen=True)
@@ -82,12 +129,18 @@ class DemonstrationConfig:
     generality: int = 3
     locality_audio: int = 4
     locality_text: int = 1
-    seed: int = 0
+    seed: int = 42
+    selection: str = "reference"
+    accumulate_demonstrations: bool = True
+    prompt: str = "reference"
+    prompts_file: str | None = None
 
     def __post_init__(self) -> None:
         counts = (self.reliability, self.generality, self.locality_audio, self.locality_text)
         if min(counts) < 0:
             raise ValueError(f"{self.name}: demonstration counts must be non-negative")
+        check_choice(self.name, "selection", self.selection, SELECTIONS)
+        check_choice(self.name, "prompt", self.prompt, PROMPTS)
 
 
 @dataclass
@@ -124,6 +177,7 @@ class InstructionEditor:
         self.config = config
         self.name = config.name
         self.state = InContextState()
+        self.statement = EditStatement.of(config.prompt, config.prompts_file)
 
     def prepare(self, lalm: LALM, train_cases: Sequence[EditCase]) -> None:
         return None
@@ -134,16 +188,17 @@ class InstructionEditor:
         return EditOutcome(None, 0, None, perf_counter() - start)
 
     def context(self) -> QueryContext:
-        return QueryContext(system=instruction_prompt(self.state.edits))
+        return QueryContext(system=self.statement.render(self.state.edits))
 
 
 class DemonstrationEditor(InstructionEditor):
     """IE-IKE: I-IKE's system prompt plus retrieved demonstrations as earlier turns."""
 
     def __init__(self, config: DemonstrationConfig) -> None:
-        super().__init__(InstructionConfig(config.name))
+        super().__init__(InstructionConfig(config.name, config.prompt, config.prompts_file))
         self.demo_config = config
-        self._by_pair: dict[tuple[str, str, str], list[EditCase]] = {}
+        self._draws = random.Random(config.seed)
+        self._by_pair: dict[tuple[str, str], list[EditCase]] = {}
         self._by_target: dict[tuple[str, str], list[EditCase]] = {}
         self._by_attribute: dict[str, list[EditCase]] = {}
 
@@ -154,33 +209,48 @@ class DemonstrationEditor(InstructionEditor):
                 f"{self.name} retrieves demonstrations from the training split, but the dataset "
                 "has no training cases; use a dataset with a train split or method=i_ike"
             )
-        self._by_pair = _grouped(train_cases, lambda c: (c.attribute, c.y_o, c.y_e))
-        self._by_target = _grouped(train_cases, lambda c: (c.attribute, c.y_e))
-        self._by_attribute = _grouped(train_cases, lambda c: c.attribute)
+        ordered = self.demo_config.selection == "reference"
+        self._by_pair = _grouped(train_cases, lambda c: (c.y_o, c.y_e), keep_order=ordered)
+        self._by_target = _grouped(train_cases, lambda c: (c.attribute, c.y_e), ordered)
+        self._by_attribute = _grouped(train_cases, lambda c: c.attribute, ordered)
 
     def apply(self, lalm: LALM, case: EditCase) -> EditOutcome:
         start = perf_counter()
         self.state.record(case)
-        self.state.demonstrations = demonstration_turns(self.retrieve(case), self.demo_config)
+        turns = demonstration_turns(self.retrieve(case), self.demo_config)
+        if self.demo_config.accumulate_demonstrations:
+            self.state.demonstrations.extend(turns)
+        else:
+            self.state.demonstrations = turns
         return EditOutcome(None, 0, None, perf_counter() - start)
 
     def retrieve(self, case: EditCase) -> EditCase:
         """The training case whose probes demonstrate this edit (see the module docstring)."""
-        candidates = (
-            self._by_pair.get((case.attribute, case.y_o, case.y_e))
-            or self._by_target.get((case.attribute, case.y_e))
-            or self._by_attribute.get(case.attribute)
-        )
+        candidates = self._by_pair.get((case.y_o, case.y_e))
+        if not candidates:
+            log.warning(
+                "%s: no training case edits %r to %r (the reference stops here); "
+                "demonstrating with another %s case",
+                self.name,
+                case.y_o,
+                case.y_e,
+                case.attribute,
+            )
+            candidates = self._by_target.get((case.attribute, case.y_e)) or self._by_attribute.get(
+                case.attribute
+            )
         if not candidates:
             raise ValueError(
                 f"{self.name}: the training split has no {case.attribute} case to retrieve "
                 f"demonstrations for case {case.case_id!r} from"
             )
+        if self.demo_config.selection == "reference":
+            return self._draws.choice(candidates)
         return candidates[_stable_index(self.demo_config.seed, case.case_id, len(candidates))]
 
     def context(self) -> QueryContext:
         return QueryContext(
-            system=instruction_prompt(self.state.edits),
+            system=self.statement.render(self.state.edits),
             history=tuple(self.state.demonstrations),
         )
 
@@ -201,9 +271,12 @@ def demonstration_turns(case: EditCase, config: DemonstrationConfig) -> list[Tur
     return turns
 
 
-def _grouped(cases: Iterable[EditCase], key: Any) -> dict[Any, list[EditCase]]:
+def _grouped(
+    cases: Iterable[EditCase], key: Any, keep_order: bool = False
+) -> dict[Any, list[EditCase]]:
+    """Cases by `key`, in their own order (`keep_order`) or sorted by case id."""
     groups: dict[Any, list[EditCase]] = defaultdict(list)
-    for case in sorted(cases, key=lambda c: c.case_id):
+    for case in cases if keep_order else sorted(cases, key=lambda c: c.case_id):
         groups[key(case)].append(case)
     return dict(groups)
 

@@ -40,7 +40,7 @@ import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from sake.data.reference_prompts import ReferencePrompts
+from sake.data.reference_prompts import ReferencePrompts, fill
 from sake.evaluation.judges.backends import ChatPrompt, JudgeBackend, JudgeBackendError
 from sake.evaluation.judges.base import ConsistencyItem, CorrectnessItem, Verdict
 
@@ -133,15 +133,6 @@ class SakePrompts:
             new_output=pair.output_b,
         )
         return ({"role": "user", "content": text},)
-
-
-def fill(template: str, **values: str) -> str:
-    """Substitute `{name}` placeholders once each, leaving every other brace alone."""
-    for name in values:
-        template = template.replace("{" + name + "}", "\0" + name + "\0")
-    for name, value in values.items():
-        template = template.replace("\0" + name + "\0", value)
-    return template
 
 
 class SakeJudge:
