@@ -35,8 +35,8 @@ and the same under single/<Attribute>/... (Animal, Emotion, Gender, Language).
 
 Sequential editing: `sequential/<metric>/gap<g>` pools, over every edit evaluated g steps
 after it was applied (all sequences), the probes of that metric (`aggregation="project"`:
-the mean over those edits of each edit's mean); `sequential/locality_audio/gt_post/gap<g>` and the text
-equivalent give ground-truth accuracy after the edits at each gap.
+the mean over those edits of each edit's mean); `sequential/locality_audio/gt_post/gap<g>`
+and the text equivalent give ground-truth accuracy after the edits at each gap.
 
 Specificity (`sake.evaluation.specificity`), where the records carry it: every locality probe's
 `specificity` scores are aggregated like the scores above, per group `locality` (audio and text
