@@ -121,13 +121,49 @@ def complete_with_cache(
     return [replies[key] for key in keys]
 
 
+class ThreadedBackend:
+    """What the endpoint backends share: cached replies, requests sent from a thread pool.
+
+    Subclasses set `cache` and `concurrency` and say how one prompt is sent (`_send`).
+    """
+
+    cache: ResponseCache | None
+    concurrency: int
+
+    @property
+    def settings(self) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def complete(self, prompts: Sequence[ChatPrompt]) -> list[str]:
+        return complete_with_cache(prompts, self.settings, self.cache, self._send_all)
+
+    def _send(self, prompt: ChatPrompt) -> str:
+        raise NotImplementedError
+
+    def _send_all(self, prompts: list[ChatPrompt], deliver: Callable[[int, str], None]) -> None:
+        """Deliver each reply as it comes; failures are reported together, once every other
+        prompt has been delivered (and cached)."""
+        failures: list[str] = []
+        with ThreadPoolExecutor(max_workers=max(1, self.concurrency)) as pool:
+            futures = {pool.submit(self._send, prompt): i for i, prompt in enumerate(prompts)}
+            for future in as_completed(futures):
+                try:
+                    deliver(futures[future], future.result())
+                except JudgeBackendError as error:
+                    failures.append(str(error))
+        if failures:
+            raise JudgeBackendError(
+                f"{len(failures)} of {len(prompts)} judge requests failed; first: {failures[0]}"
+            )
+
+
 class _RetryableError(Exception):
     def __init__(self, message: str, retry_after: float | None = None) -> None:
         super().__init__(message)
         self.retry_after = retry_after
 
 
-class HTTPChatBackend:
+class HTTPChatBackend(ThreadedBackend):
     """An OpenAI-compatible chat-completions endpoint (see the module docstring).
 
     `api_key_env` names the environment variable that holds the key (None: send no key);
@@ -179,23 +215,6 @@ class HTTPChatBackend:
             "extra_body": self.extra_body,
         }
 
-    def complete(self, prompts: Sequence[ChatPrompt]) -> list[str]:
-        return complete_with_cache(prompts, self.settings, self.cache, self._send_all)
-
-    def _send_all(self, prompts: list[ChatPrompt], deliver: Callable[[int, str], None]) -> None:
-        failures: list[str] = []
-        with ThreadPoolExecutor(max_workers=max(1, self.concurrency)) as pool:
-            futures = {pool.submit(self._send, prompt): i for i, prompt in enumerate(prompts)}
-            for future in as_completed(futures):
-                try:
-                    deliver(futures[future], future.result())
-                except JudgeBackendError as error:
-                    failures.append(str(error))
-        if failures:
-            raise JudgeBackendError(
-                f"{len(failures)} of {len(prompts)} judge requests failed; first: {failures[0]}"
-            )
-
     def _send(self, prompt: ChatPrompt) -> str:
         body = {
             **self.extra_body,
@@ -245,7 +264,7 @@ class HTTPChatBackend:
             raise _RetryableError(f"{type(error).__name__}: {error}") from error
 
 
-class OpenAIClientBackend:
+class OpenAIClientBackend(ThreadedBackend):
     """Any OpenAI-compatible endpoint through the `openai` client, as the SAKE reference calls it.
 
     One user message per prompt; `reasoning_effort` and `seed` are sent, temperature and a
@@ -297,23 +316,6 @@ class OpenAIClientBackend:
             "seed": self.seed,
             "extra_body": self.extra_body,
         }
-
-    def complete(self, prompts: Sequence[ChatPrompt]) -> list[str]:
-        return complete_with_cache(prompts, self.settings, self.cache, self._send_all)
-
-    def _send_all(self, prompts: list[ChatPrompt], deliver: Callable[[int, str], None]) -> None:
-        failures: list[str] = []
-        with ThreadPoolExecutor(max_workers=max(1, self.concurrency)) as pool:
-            futures = {pool.submit(self._send, prompt): i for i, prompt in enumerate(prompts)}
-            for future in as_completed(futures):
-                try:
-                    deliver(futures[future], future.result())
-                except JudgeBackendError as error:
-                    failures.append(str(error))
-        if failures:
-            raise JudgeBackendError(
-                f"{len(failures)} of {len(prompts)} judge requests failed; first: {failures[0]}"
-            )
 
     def _send(self, prompt: ChatPrompt) -> str:
         options: dict[str, Any] = {}
