@@ -31,7 +31,7 @@ from sake.data.audio import read_audio, write_audio
 from sake.data.schema import Probe, ProbeKind
 from sake.models.audio_flamingo3 import AudioFlamingo3LALM, load_audio_flamingo3
 from sake.models.base import LALM, Turn
-from sake.models.desta import DestaLALM
+from sake.models.desta import DestaLALM, probe_audio
 from sake.models.desta25 import (
     END_OF_TURN,
     empty_desta,
@@ -772,3 +772,23 @@ def test_edit_entry_point_runs_every_method_on_every_tiny_model(
     assert 0.0 <= metrics["single/reliability"] <= 1.0
     records = (Path(cfg.paths.output_dir) / "records.jsonl").read_text("utf-8").splitlines()
     assert len(records) == 1
+
+
+def test_af3_takes_the_question_before_the_audio_as_the_reference_unke_wise_scripts(
+    lalms: dict[str, HFAudioLALM], clips: dict[str, Path], compose_cfg
+) -> None:
+    """The reference's UnKE/WISE scripts list AF3's question before its audio; AF3's shipped
+    chat template renders the sound first whatever the order, so the prompt is the same."""
+    af3 = lalms["af3_tiny"]
+    probe = audio_probe("Which animal is it?", "cat", clips["short"])
+    audio_first = af3.chat_text(probe)
+    af3.audio_after_text = True
+    try:
+        content = af3._message("user", probe.question, probe_audio(probe))["content"]
+        assert [part["type"] for part in content] == ["text", "audio"]
+        assert af3.chat_text(probe) == audio_first
+    finally:
+        af3.audio_after_text = False
+    for method, expected in (("unke", True), ("wise", True), ("ft_llm", None)):
+        cfg = compose_cfg("edit", [f"method={method}", "model=af3"])
+        assert cfg.model.load.get("audio_after_text") is expected, method

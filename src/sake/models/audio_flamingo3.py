@@ -101,11 +101,13 @@ def load_audio_flamingo3(
     revision: str | None = None,
     attn_implementation: str | None = None,
     hub_timeout_s: float = HUB_ANSWER_TIMEOUT_S,
+    audio_after_text: bool = False,
 ) -> AudioFlamingo3LALM:
     """Audio Flamingo 3 from a local directory or the hub (`model.path`), weights in `dtype`.
 
     A hub that does not answer within `hub_timeout_s` is not waited for: only its local
-    cache is read.
+    cache is read. `audio_after_text` puts each user turn's question before its audio, as the
+    reference's UnKE and WISE scripts for AF3 do (`unke_wise/edit_af3.py`).
     """
     from transformers import AudioFlamingo3ForConditionalGeneration, AutoProcessor
 
@@ -124,4 +126,6 @@ def load_audio_flamingo3(
     model = AudioFlamingo3ForConditionalGeneration.from_pretrained(
         str(local), dtype=torch_dtype(dtype), **placement, **extra
     )
-    return AudioFlamingo3LALM(model, processor, name=name, device=device)
+    return AudioFlamingo3LALM(
+        model, processor, name=name, device=device, audio_after_text=audio_after_text
+    )

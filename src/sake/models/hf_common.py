@@ -474,8 +474,10 @@ class HFAudioLALM:
         end_of_turn: str = "<|im_end|>",
         device: str | torch.device | None = None,
         audio_cache_clips: int = DEFAULT_AUDIO_CACHE_CLIPS,
+        audio_after_text: bool = False,
     ) -> None:
         self.name = name
+        self.audio_after_text = audio_after_text
         self._model = (model if device is None else model.to(device)).eval()
         self.processor = processor
         self.tokenizer = processor.tokenizer
@@ -792,7 +794,9 @@ class HFAudioLALM:
         if role != "user":
             raise ValueError(f"only user turns may carry audio, got a {role} turn with {clips}")
         audio = [{"type": "audio", "audio": str(clip)} for clip in clips]
-        return {"role": role, "content": [*audio, {"type": "text", "text": text}]}
+        words = [{"type": "text", "text": text}]
+        content = [*words, *audio] if self.audio_after_text else [*audio, *words]
+        return {"role": role, "content": content}
 
     @staticmethod
     def _prompt_clips(probe: Probe, history: Sequence[Turn]) -> tuple[Path, ...]:
