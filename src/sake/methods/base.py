@@ -257,8 +257,8 @@ def build_editor(method: Mapping[str, Any], available: Sequence[str] = ()) -> Ed
     non_finite = non_finite_settings(method)
     if non_finite:
         raise ValueError(
-            f"method {name!r}: {', '.join(non_finite)} must be finite numbers; "
-            "set them with method.<key>=<number>"
+            f"method {name!r}: {', '.join(non_finite)}; every setting must be a finite "
+            "number: set it with method.<key>=<number>"
         )
     editor = instantiate(method)
     if not isinstance(editor, Editor):
