@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -234,8 +235,10 @@ def test_the_shared_prefix_shortcut_is_taken_when_nothing_watches_the_decoder(
 
     monkeypatch.setattr(lalm.model, "_prefix_cached", counted)
     batch = lalm.prepare(mixed_probes, system=LONG_SYSTEM)
-    lalm.next_token_logits(batch)
-    lalm.generate(batch, 4)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", FutureWarning)  # the prepared cache, by its current name
+        lalm.next_token_logits(batch)
+        lalm.generate(batch, 4)
     assert len(prefix_passes) == 2 and min(prefix_passes) >= MIN_SHARED_PREFIX
 
 

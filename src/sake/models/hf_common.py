@@ -38,6 +38,7 @@ from torch import Tensor, nn
 from sake.data.audio import read_audio
 from sake.data.schema import Probe
 from sake.models.base import Batch, Generation, Turn
+from sake.models.compat import with_cache
 from sake.models.desta import (
     DEFAULT_AUDIO_CACHE_CLIPS,
     IGNORE_INDEX,
@@ -429,7 +430,7 @@ def greedy_decode(
             inputs_embeds=next_embeds,
             attention_mask=mask,
             position_ids=mask.sum(dim=1, keepdim=True) - 1,
-            past_key_values=output.past_key_values,
+            **with_cache(decoder, output.past_key_values),
             use_cache=True,
         )
         logits = _last_position_logits(output, lm_head, inputs_embeds.device)

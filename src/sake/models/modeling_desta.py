@@ -44,8 +44,6 @@ trainable prefixes travel in the file's metadata as JSON. Loading checks keys st
 
 from __future__ import annotations
 
-import functools
-import inspect
 import json
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass
@@ -69,6 +67,7 @@ from transformers.modeling_outputs import CausalLMOutputWithPast
 from transformers.models.bert.modeling_bert import BertEncoder
 from transformers.models.whisper.modeling_whisper import WhisperEncoder
 
+from sake.models.compat import with_cache
 from sake.models.mel import LogMelSpectrogram, MelConfig, stack_waveforms
 
 CONNECTOR_PREFIX = "perception.connector"
@@ -601,7 +600,7 @@ class DestaForCausalLM(nn.Module):
         if shared:
             embeds, attention_mask, cache = self._prefix_cached(embeds, attention_mask, shared)
         first_step = FirstStepScores()
-        prepared = {} if cache is None else {generate_cache_keyword(): cache}
+        prepared = {} if cache is None else with_cache(self.llm_model, cache, "generate")
         new_tokens = self.llm_model.generate(
             inputs_embeds=embeds,
             attention_mask=attention_mask,
@@ -639,7 +638,7 @@ class DestaForCausalLM(nn.Module):
             inputs_embeds=embeds[:, shared:],
             attention_mask=attention_mask,
             position_ids=position_ids_from_attention_mask(attention_mask)[:, shared:],
-            past_key_values=cache,
+            **with_cache(self.llm_model, cache),
             use_cache=True,
             logits_to_keep=keep,
         ).logits
@@ -670,7 +669,7 @@ class DestaForCausalLM(nn.Module):
         self.llm_model.model(
             inputs_embeds=embeds[:1, :shared],
             position_ids=torch.arange(shared, device=embeds.device)[None],
-            past_key_values=cache,
+            **with_cache(self.llm_model.model, cache),
             use_cache=True,
         )
         cache.batch_repeat_interleave(len(embeds))
@@ -829,16 +828,6 @@ def load_checkpoint(
 
 def _under_prefix(name: str, prefix: str) -> bool:
     return name == prefix or name.startswith(prefix + ".")
-
-
-@functools.cache
-def generate_cache_keyword() -> str:
-    """The keyword under which `generate` takes a prepared KV cache: `cache` where
-    transformers renamed it (and warns about the old name), `past_key_values` before."""
-    from transformers.generation.utils import GenerationMixin
-
-    renamed = 'deprecate_kwarg("past_key_values"' in inspect.getsource(GenerationMixin.generate)
-    return "cache" if renamed else "past_key_values"
 
 
 def calls_observed(module: nn.Module) -> bool:
