@@ -220,3 +220,6 @@ def test_a_finished_run_ends_with_its_table_directory_and_report(
     assert lines[-2:] == [f"run directory: {run_dir}", f"report: {run_dir / 'report.md'}"]
     assert lines[0].split() == ["Rel", "Gen", "Loc-A", "Loc-T", "Port"]
     assert not any("/" in line.split()[0] for line in lines[:-2])
+    assert "## Audio-locality overfitting" in (run_dir / "report.md").read_text()
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert any(key.startswith("single/diagnostics/audio_locality_overfitting/") for key in metrics)

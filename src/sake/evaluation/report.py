@@ -47,6 +47,7 @@ from sake.evaluation.metrics import (
     sequential_metrics,
     single_metrics,
 )
+from sake.evaluation.overfitting import overfitting_counts, overfitting_metrics
 from sake.evaluation.records import RECORDS_FILE, read_records
 from sake.utils.run import REPORT_FILE, atomic_write_text
 
@@ -609,6 +610,33 @@ def _specificity_section(jobs: Sequence[Job]) -> str | None:
     )
 
 
+def _overfitting_section(jobs: Sequence[Job]) -> str:
+    counts = [overfitting_counts(job.records) for job in jobs]
+    types = sorted({type_ for found in counts for type_ in found})
+    rows = [
+        [
+            f"type {type_}",
+            *(_share_text(*found[type_]) if type_ in found else "–" for found in counts),
+        ]
+        for type_ in types
+    ]
+    return "\n\n".join(
+        [
+            "## Audio-locality overfitting",
+            "Of the audio-locality probes an edit made inconsistent, the share answered with "
+            "exactly the edited reliability answer (the reference's "
+            "`calculate_audio_loc_overfitting.py`; it reports type 2).",
+            markdown_table(["type", *(job.label for job in jobs)], rows)
+            if rows
+            else "No audio-locality probe became inconsistent.",
+        ]
+    )
+
+
+def _share_text(part: int, whole: int) -> str:
+    return f"{100 * part / whole:.1f} ({part}/{whole})" if whole else "0.0 (0/0)"
+
+
 def _plain(value: float | None) -> str:
     return "–" if value is None else f"{value:.4g}"
 
@@ -626,6 +654,7 @@ def render_markdown(title: str, jobs: Sequence[Job], figures: Mapping[str, str])
         specificity = _specificity_section(single)
         if specificity:
             sections.append(specificity)
+        sections.append(_overfitting_section(single))
     if sequential:
         sections.append(_sequential_section(sequential, figures))
     sections.append(_degeneration_section(jobs, figures))
@@ -761,6 +790,8 @@ def _job_summary(job: Job) -> dict[str, float]:
         values = sequential_metrics(job.records, aggregation=job.aggregation)
         headline = [f"sequential/{m}/gap{g}" for m, _ in HEADLINE for g in GAPS]
     summary = dict(values)
+    if job.protocol == "single":
+        summary.update(overfitting_metrics(job.records))
     for key in headline:
         if key in estimates:
             low, high = estimates[key].interval

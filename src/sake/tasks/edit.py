@@ -33,6 +33,7 @@ from sake.evaluation.metrics import (
     single_metrics,
     summary_table,
 )
+from sake.evaluation.overfitting import overfitting_metrics
 from sake.evaluation.records import RECORDS_FILE, Record, RecordWriter
 from sake.evaluation.report import portability_categories, publish_run_report
 from sake.methods.base import Editor, build_editor
@@ -136,7 +137,7 @@ def protocol_metrics(
 ) -> dict[str, float]:
     """SAKE's metrics; sequential runs add the share of degenerate outputs by gap."""
     if protocol == "single":
-        return single_metrics(records, aggregation)
+        return {**single_metrics(records, aggregation), **overfitting_metrics(records)}
     return {**sequential_metrics(records, aggregation=aggregation), **degeneration_by_gap(records)}
 
 
