@@ -205,3 +205,13 @@ def test_judge_sake_composes_with_the_reference_settings(compose_cfg) -> None:
     assert cfg.judge.backend.seed == 0 and cfg.judge.parser == "reference"
     judge = instantiate(cfg.judge)
     assert isinstance(judge, SakeJudge) and judge.option_shortcuts is False
+
+
+@needs_prompts
+def test_re_judging_uses_the_protocol_of_the_records(compose_cfg) -> None:
+    from sake.tasks.rescore import build_judge
+
+    overrides = ["judge=sake", f"paths.reference_prompts={SHARED_PROMPTS}"]
+    cfg = compose_cfg("evaluate", [*overrides, "judge.backend.api_key_env=null"])
+    assert build_judge(cfg, "sequential").option_shortcuts is False
+    assert build_judge(cfg, "single").option_shortcuts is True

@@ -55,7 +55,7 @@ def rescore_task(cfg: DictConfig, run: RunContext) -> dict[str, float]:
 def rescore_run(cfg: DictConfig, run: RunContext) -> dict[str, float]:
     directory = Path(str(cfg.run))
     saved = load_job(directory)
-    judge = build_judge(cfg)
+    judge = build_judge(cfg, saved.protocol)
     out = directory / f"rescore-{judge.name}"
     job = replace(saved, records=rejudge(saved.records, judge), directory=out)
     write_records(out / RECORDS_FILE, job.records)
@@ -84,9 +84,16 @@ def write_verdict_changes(
     return agreement_metrics(changes)
 
 
-def build_judge(cfg: DictConfig) -> Judge:
-    """The judge the config selects (`judge=…`); the option judge when none is configured."""
-    return instantiate(cfg.judge) if cfg.get("judge") else OptionJudge()
+def build_judge(cfg: DictConfig, protocol: str | None = None) -> Judge:
+    """The judge the config selects (`judge=…`); the option judge when none is configured.
+
+    A judge whose rules depend on the protocol (`judge=sake`) judges the records' protocol.
+    """
+    if not cfg.get("judge"):
+        return OptionJudge()
+    if protocol is not None and "protocol" in cfg.judge:
+        return instantiate(cfg.judge, protocol=protocol)
+    return instantiate(cfg.judge)
 
 
 def start_tracker(cfg: DictConfig, name: str) -> Any:

@@ -34,9 +34,11 @@ def sweep_task(cfg: DictConfig, run: RunContext) -> dict[str, float]:
             "python evaluate.py sweep=outputs/edit/multirun/<date>/<time>"
         )
     directory = Path(str(sweep))
-    judge = build_judge(cfg)
-    jobs = [rejudged(load_job(job), judge) for job in sweep_jobs(directory)]
-    report = write_report(jobs, run.output_dir, f"Sweep {directory.name} ({judge.name} judge)")
+    loaded = [load_job(job) for job in sweep_jobs(directory)]
+    judges = {protocol: build_judge(cfg, protocol) for protocol in {j.protocol for j in loaded}}
+    jobs = [rejudged(job, judges[job.protocol]) for job in loaded]
+    name = next(iter(judges.values())).name
+    report = write_report(jobs, run.output_dir, f"Sweep {directory.name} ({name} judge)")
     tracker = start_tracker(cfg, f"sweep-{directory.name}")
     try:
         log_report(report, tracker, case_table(jobs))
