@@ -96,6 +96,12 @@ def rooted(release: SakeRelease, audio_root: Path) -> SakeRelease:
 STAND_IN_PROMPTS = {
     "ike_system": "Audio edits in force:\n{edits}\nAnswer audio questions accordingly.",
     "ike_rule_format": "'{pre}' => '{post}'",
+    "ike_rule_format_unquoted_text_portability": "{pre_edit} => {post_edit}",
+    "text_portability_query_template": "Clip: [caption]\nQuestion: [Instruction]",
+    "text_portability_caption_animal": "An animal: [answer].",
+    "text_portability_caption_emotion": "A feeling: [answer].",
+    "text_portability_caption_gender": "A voice: [answer].",
+    "text_portability_caption_language": "A language: [answer].",
 }
 
 

@@ -147,25 +147,21 @@ def test_the_prompt_file_is_written_from_a_checkout(tmp_path: Path) -> None:
     comprehension of rules) yields the same texts."""
     shared = ReferencePrompts.load(SHARED_PROMPTS)
     checkout = tmp_path / "EasyEdit"
-    by_file: dict[str, dict[str | None, list[tuple[str, str]]]] = {}
+    files: dict[str, dict[str | None, dict[str, Any]]] = {}
     for key, where in PROMPT_SOURCES.items():
-        functions = by_file.setdefault(where.path, {})
-        functions.setdefault(where.function, []).append((where.variable, shared.text(key)))
-    for path, functions in by_file.items():
+        bindings = files.setdefault(where.path, {}).setdefault(where.function, {})
+        if where.entry is None:
+            bindings[where.variable] = shared.text(key)
+        else:
+            bindings.setdefault(where.variable, {})[where.entry] = shared.text(key)
+    for path, functions in files.items():
         body = []
         for function, bindings in functions.items():
             indent = "" if function is None else "    "
             if function is not None:
                 body.append(f"def {function}(question='', edits=()):")
-            for variable, text in bindings:
-                literal = "f" + json.dumps(text, ensure_ascii=False)
-                if function is None:
-                    value = json.dumps(text, ensure_ascii=False)
-                elif variable == "edit_strs":
-                    value = f"[{literal} for pre, post in edits]"
-                else:
-                    value = f"{literal} if question.strip() else ''"
-                body.append(f"{indent}{variable} = {value}")
+            for variable, text in bindings.items():
+                body.append(f"{indent}{variable} = {python_literal(variable, text, function)}")
             body.append(f"{indent}x = None\n")
         (checkout / path).parent.mkdir(parents=True, exist_ok=True)
         (checkout / path).write_text("\n".join(body), encoding="utf-8")
@@ -173,6 +169,21 @@ def test_the_prompt_file_is_written_from_a_checkout(tmp_path: Path) -> None:
     for key in PROMPT_SOURCES:
         assert written["prompts"][key]["text"] == shared.text(key), key
     assert ReferencePrompts.load(tmp_path / "out.json").text("judge_correctness_single")
+
+
+def python_literal(variable: str, text: Any, function: str | None) -> str:
+    """Source binding `text` the way the reference's code binds it."""
+    if isinstance(text, dict):
+        items = ", ".join(
+            f"{json.dumps(k)}: {json.dumps(v, ensure_ascii=False)}" for k, v in text.items()
+        )
+        return "{" + items + "}"
+    if function is None:
+        return "f" + json.dumps(text, ensure_ascii=False)
+    literal = "f" + json.dumps(text, ensure_ascii=False)
+    if variable == "edit_strs":
+        return f"[{literal} for pre, post in edits]"
+    return f"{literal} if question.strip() else ''"
 
 
 def test_extraction_keeps_placeholders_and_refuses_other_sources() -> None:

@@ -95,6 +95,7 @@ class PromptSource:
     function: str | None  # None: a module-level binding
     variable: str
     occurrence: int = 0
+    entry: str | None = None  # the binding is a dict literal: this key's value
 
 
 PROMPT_SOURCES: dict[str, PromptSource] = {
@@ -119,6 +120,21 @@ PROMPT_SOURCES: dict[str, PromptSource] = {
     "ike_rule_format": PromptSource(
         "easyeditor/dataset/LALM_edit_dataset.py", "generate_ike_response", "edit_strs"
     ),
+    "judge_text_portability": PromptSource(
+        "model_outputs/llm_evaluator_text_based_portability.py", "llm_judge_correctness", "prompt"
+    ),
+    "ike_rule_format_unquoted_text_portability": PromptSource(
+        "text_based_portability.py", "generate", "edits"
+    ),
+    "text_portability_query_template": PromptSource(
+        "text_based_portability.py", None, "query_template"
+    ),
+    **{
+        f"text_portability_caption_{attribute.lower()}": PromptSource(
+            "text_based_portability.py", None, "caption_templates", entry=attribute
+        )
+        for attribute in ("Gender", "Language", "Emotion", "Animal")
+    },
 }
 
 
@@ -143,6 +159,17 @@ def template_text(node: ast.expr) -> str | None:
     return None
 
 
+def bound_text(node: ast.expr, entry: str | None) -> str | None:
+    """The text of a bound value, or of its `entry` when it is a dict literal."""
+    if entry is None:
+        return template_text(node)
+    if isinstance(node, ast.Dict):
+        for key, value in zip(node.keys, node.values, strict=True):
+            if isinstance(key, ast.Constant) and key.value == entry:
+                return template_text(value)
+    return None
+
+
 def extract_prompt(source: str, where: PromptSource) -> str:
     """The text bound to `where.variable` inside `where.function` (or at module level) of a
     module's source; the first such function that binds it wins."""
@@ -163,7 +190,7 @@ def extract_prompt(source: str, where: PromptSource) -> str:
             for node in nodes
             if isinstance(node, ast.Assign)
             and any(isinstance(t, ast.Name) and t.id == where.variable for t in node.targets)
-            and (text := template_text(node.value)) is not None
+            and (text := bound_text(node.value, where.entry)) is not None
         ]
         if len(found) > where.occurrence:
             return found[where.occurrence]

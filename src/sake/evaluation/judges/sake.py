@@ -28,6 +28,8 @@ that imports it (3fb69923, used for Audio Flamingo 3's sequential results); the 
 produced DeSTA2.5's and Qwen2-Audio's sequential results (8d417feb) has neither, and is the
 default for `protocol=sequential` (`sequential_option_shortcuts=true` selects the other).
 
+`correctness_prompt` names another correctness prompt of the file (the text-based portability
+evaluator's `judge_text_portability`, which that evaluator reads strictly).
 `parser=strict` reads only the text after the last "Judgement:" instead (it must be exactly
 a label, as the reference's own text-portability evaluator requires); an unreadable reply
 then falls back as above. The prompts come from the reference prompt file
@@ -108,9 +110,11 @@ class SakePrompts:
     context_part: str
 
     @classmethod
-    def of(cls, prompts: ReferencePrompts, protocol: str) -> SakePrompts:
+    def of(
+        cls, prompts: ReferencePrompts, protocol: str, correctness_key: str | None = None
+    ) -> SakePrompts:
         return cls(
-            correctness=prompts.text(f"judge_correctness_{protocol}"),
+            correctness=prompts.text(correctness_key or f"judge_correctness_{protocol}"),
             consistency=prompts.text(f"judge_consistency_{protocol}"),
             context_part=prompts.text("judge_consistency_context_part_single"),
         )
@@ -150,13 +154,15 @@ class SakeJudge:
         protocol: str = "single",
         parser: str = "reference",
         sequential_option_shortcuts: bool = False,
+        correctness_prompt: str | None = None,
         name: str = "sake",
     ) -> None:
         if protocol not in PROTOCOLS:
             raise ValueError(f"judge.protocol must be one of {PROTOCOLS}, got {protocol!r}")
         if parser not in PARSERS:
             raise ValueError(f"judge.parser must be one of {PARSERS}, got {parser!r}")
-        self.prompts = SakePrompts.of(ReferencePrompts.load(prompts_file), protocol)
+        prompts = ReferencePrompts.load(prompts_file)
+        self.prompts = SakePrompts.of(prompts, protocol, correctness_prompt)
         self.backend = backend
         self.parser = parser
         self.option_shortcuts = protocol == "single" or sequential_option_shortcuts
