@@ -24,7 +24,6 @@ from hydra.utils import instantiate
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from sake.evaluation.judges.backends import (
-    HTTPChatBackend,
     JudgeBackendError,
     OpenAIClientBackend,
     TransformersBackend,
@@ -287,10 +286,19 @@ def judge_server() -> Iterator[JudgeServer]:
     server.server_close()
 
 
-def http_backend(server: JudgeServer, cache_dir: Path | None, **settings: Any) -> HTTPChatBackend:
-    options: dict[str, Any] = {"timeout_s": 5.0, "max_retries": 2, "backoff_s": 0.01}
+def http_backend(
+    server: JudgeServer, cache_dir: Path | None, **settings: Any
+) -> OpenAIClientBackend:
+    """The backend `judge=llm_http` builds, pointed at the test server."""
+    options: dict[str, Any] = {
+        "timeout_s": 5.0,
+        "max_retries": 2,
+        "api_key_env": None,
+        "temperature": 0.0,
+        "max_tokens": 512,
+    }
     options.update(settings)
-    return HTTPChatBackend(server.url, "judge-model", cache_dir=cache_dir, **options)
+    return OpenAIClientBackend("judge-model", base_url=server.url, cache_dir=cache_dir, **options)
 
 
 def test_http_judge_asks_only_what_the_shortcuts_leave(judge_server: JudgeServer, tmp_path: Path):
@@ -329,7 +337,8 @@ def test_api_key_comes_from_the_named_variable(
     monkeypatch.setenv("SAKE_TEST_JUDGE_KEY", "secret-key")
     backend = http_backend(judge_server, None, api_key_env="SAKE_TEST_JUDGE_KEY")
     LLMJudge(backend).judge_correct([correctness("x", "It is male.")])
-    assert judge_server.headers[0]["Authorization"] == "Bearer secret-key"
+    headers = {name.lower(): value for name, value in judge_server.headers[0].items()}
+    assert headers["authorization"] == "Bearer secret-key"
     monkeypatch.delenv("SAKE_TEST_JUDGE_KEY")
     with pytest.raises(JudgeBackendError, match="SAKE_TEST_JUDGE_KEY"):
         http_backend(judge_server, None, api_key_env="SAKE_TEST_JUDGE_KEY")
@@ -384,10 +393,14 @@ def test_client_errors_are_not_retried(judge_server: JudgeServer):
 
 
 def test_unreachable_endpoint_is_reported():
-    backend = HTTPChatBackend(
-        "http://127.0.0.1:9/v1", "judge-model", max_retries=1, backoff_s=0.01, timeout_s=1.0
+    backend = OpenAIClientBackend(
+        "judge-model",
+        base_url="http://127.0.0.1:9/v1",
+        api_key_env=None,
+        max_retries=1,
+        timeout_s=1.0,
     )
-    with pytest.raises(JudgeBackendError, match="gave up after 2 attempts: connection failed"):
+    with pytest.raises(JudgeBackendError, match="gave up after 2 attempts: APIConnectionError"):
         backend.complete([correctness_prompt(correctness("x", "It is male."))])
 
 
@@ -437,8 +450,8 @@ def test_requests_run_concurrently(judge_server: JudgeServer):
 def test_cache_key_depends_on_prompt_and_settings_not_endpoint():
     prompt = correctness_prompt(correctness("x", "It is male."))
     other = correctness_prompt(correctness("x", "It is female."))
-    first = HTTPChatBackend("http://127.0.0.1:1/v1", "m").settings
-    moved = HTTPChatBackend("http://judge.example/v1", "m").settings
+    first = OpenAIClientBackend("m", base_url="http://127.0.0.1:1/v1", api_key_env=None).settings
+    moved = OpenAIClientBackend("m", base_url="http://judge.example/v1", api_key_env=None).settings
     assert cache_key(prompt, first) == cache_key(prompt, moved)
     assert cache_key(prompt, first) != cache_key(other, first)
     assert cache_key(prompt, first) != cache_key(prompt, {**first, "model": "other"})
@@ -510,7 +523,7 @@ def test_judge_configs_instantiate(compose_cfg, monkeypatch: pytest.MonkeyPatch)
     assert isinstance(option, OptionJudge) and option.name == "option"
     monkeypatch.setenv("OPENAI_API_KEY", "k")
     http = instantiate(compose_cfg("evaluate", ["judge=llm_http"]).judge)
-    assert isinstance(http, LLMJudge) and isinstance(http.backend, HTTPChatBackend)
+    assert isinstance(http, LLMJudge) and isinstance(http.backend, OpenAIClientBackend)
     assert http.backend.url == "https://api.openai.com/v1/chat/completions"
     assert http.backend.cache is not None and http.backend.extra_body == {}
     local = instantiate(compose_cfg("evaluate", ["judge=llm_local"]).judge)
@@ -522,7 +535,13 @@ def test_judge_configs_instantiate(compose_cfg, monkeypatch: pytest.MonkeyPatch)
 def openai_backend(server: JudgeServer, **settings: Any) -> OpenAIClientBackend:
     options: dict[str, Any] = {"api_key_env": None, "timeout_s": 5.0, "max_retries": 2}
     options.update(settings)
-    return OpenAIClientBackend("gpt-5-mini-2025-08-07", base_url=server.url, **options)
+    return OpenAIClientBackend(
+        "gpt-5-mini-2025-08-07",
+        base_url=server.url,
+        reasoning_effort="minimal",
+        seed=0,
+        **options,
+    )
 
 
 def test_the_openai_client_backend_makes_the_reference_call(

@@ -7,12 +7,12 @@ model, generation settings; not the endpoint's URL or the API key), so a re-run,
 that died halfway, pays only for prompts it has never sent. Identical prompts in one batch
 are sent once.
 
-The HTTP backend speaks the chat-completions protocol that OpenAI, vLLM, SGLang, llama.cpp
-and most gateways implement: POST ``{base_url}/chat/completions``. It sends requests from a
-thread pool and retries HTTP 408/429/5xx replies, timeouts and dropped connections with
-exponential backoff (honouring Retry-After); other errors are not retried. A prompt that
-still fails is reported in one `JudgeBackendError` once every other prompt of the batch has
-finished, and has been cached.
+The endpoint backend speaks the chat-completions protocol that OpenAI, vLLM, SGLang,
+llama.cpp and most gateways implement, through the `openai` client (`base_url` for any of
+them). It sends requests from a thread pool; the client retries 408/409/429/5xx replies,
+timeouts and dropped connections with backoff (honouring Retry-After); other errors are not
+retried. A prompt that still fails is reported in one `JudgeBackendError` once every other
+prompt of the batch has finished, and has been cached.
 
 The local backend runs a transformers causal LM with its tokenizer's chat template, greedy,
 in batches; it loads the model on first use.
@@ -21,12 +21,9 @@ in batches; it loads the model on first use.
 from __future__ import annotations
 
 import hashlib
-import http.client
 import json
 import os
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from functools import cached_property
@@ -37,7 +34,7 @@ from sake.utils.errors import UserError
 
 ChatPrompt = Sequence[Mapping[str, str]]
 
-_RETRYABLE_STATUS = frozenset({408, 429, 500, 502, 503, 504})
+_RETRYABLE_STATUS = frozenset({408, 409, 429})
 _ERROR_SNIPPET = 300
 
 
@@ -157,121 +154,16 @@ class ThreadedBackend:
             )
 
 
-class _RetryableError(Exception):
-    def __init__(self, message: str, retry_after: float | None = None) -> None:
-        super().__init__(message)
-        self.retry_after = retry_after
-
-
-class HTTPChatBackend(ThreadedBackend):
-    """An OpenAI-compatible chat-completions endpoint (see the module docstring).
-
-    `api_key_env` names the environment variable that holds the key (None: send no key);
-    `timeout_s` bounds each wait for the server (connecting, or the next bytes of a reply);
-    the n-th retry waits `backoff_s * 2**n` seconds, at most `max_backoff_s`.
-    """
-
-    def __init__(
-        self,
-        base_url: str,
-        model: str,
-        *,
-        api_key_env: str | None = None,
-        temperature: float = 0.0,
-        max_tokens: int = 512,
-        timeout_s: float = 60.0,
-        max_retries: int = 4,
-        backoff_s: float = 1.0,
-        max_backoff_s: float = 30.0,
-        concurrency: int = 8,
-        cache_dir: str | Path | None = None,
-        extra_body: Mapping[str, Any] | None = None,
-    ) -> None:
-        self.url = base_url.rstrip("/") + "/chat/completions"
-        self.model = model
-        self.temperature = temperature
-        self.max_tokens = max_tokens
-        self.timeout_s = timeout_s
-        self.max_retries = max_retries
-        self.backoff_s = backoff_s
-        self.max_backoff_s = max_backoff_s
-        self.concurrency = concurrency
-        self.extra_body = dict(extra_body or {})
-        self.cache = None if cache_dir is None else ResponseCache(cache_dir)
-        self._headers = {"Content-Type": "application/json"}
-        self._secrets: tuple[str, ...] = ()
-        if api_key_env:
-            key = _api_key(api_key_env)
-            self._headers["Authorization"] = f"Bearer {key}"
-            self._secrets = (key,)
-
-    @property
-    def settings(self) -> dict[str, Any]:
-        return {
-            "backend": "openai-chat",
-            "model": self.model,
-            "temperature": self.temperature,
-            "max_tokens": self.max_tokens,
-            "extra_body": self.extra_body,
-        }
-
-    def _send(self, prompt: ChatPrompt) -> str:
-        body = {
-            **self.extra_body,
-            "model": self.model,
-            "messages": [dict(message) for message in prompt],
-            "temperature": self.temperature,
-            "max_tokens": self.max_tokens,
-        }
-        encoded = json.dumps(body, ensure_ascii=False).encode("utf-8")
-        retries = 0
-        while True:
-            try:
-                return _reply_text(self._post(encoded))
-            except JudgeBackendError as error:
-                raise JudgeBackendError(redact(str(error), self._secrets)) from None
-            except _RetryableError as error:
-                if retries == self.max_retries:
-                    raise JudgeBackendError(
-                        redact(
-                            f"{self.url}: gave up after {retries + 1} attempts: {error}",
-                            self._secrets,
-                        )
-                    ) from None
-                time.sleep(self._delay(retries, error.retry_after))
-                retries += 1
-
-    def _delay(self, attempt: int, retry_after: float | None) -> float:
-        delay = self.backoff_s * 2**attempt
-        if retry_after is not None:
-            delay = max(delay, retry_after)
-        return min(delay, self.max_backoff_s)
-
-    def _post(self, body: bytes) -> bytes:
-        request = urllib.request.Request(self.url, data=body, headers=self._headers, method="POST")
-        try:
-            with urllib.request.urlopen(request, timeout=self.timeout_s) as response:
-                return response.read()
-        except urllib.error.HTTPError as error:
-            detail = error.read()[:_ERROR_SNIPPET].decode("utf-8", "replace")
-            message = f"HTTP {error.code}: {detail}"
-            if error.code in _RETRYABLE_STATUS:
-                raise _RetryableError(message, _retry_after(error.headers)) from error
-            raise JudgeBackendError(f"{self.url}: {message}") from error
-        except urllib.error.URLError as error:
-            raise _RetryableError(f"connection failed: {error.reason}") from error
-        except (TimeoutError, ConnectionError, http.client.HTTPException) as error:
-            raise _RetryableError(f"{type(error).__name__}: {error}") from error
-
-
 class OpenAIClientBackend(ThreadedBackend):
-    """Any OpenAI-compatible endpoint through the `openai` client, as the SAKE reference calls it.
+    """Any OpenAI-compatible chat-completions endpoint through the `openai` client.
 
-    One user message per prompt; `reasoning_effort` and `seed` are sent, temperature and a
-    token limit are not (the reference sends neither). `base_url` None is OpenAI itself. The
-    client retries connection errors, 408/409/429 and 5xx replies `max_retries` times with
-    backoff (honouring Retry-After) and gives up on a call after `timeout_s`. Requests run
-    from a thread pool; replies are cached like every backend's.
+    `base_url` None is OpenAI itself; `api_key_env` names the environment variable holding the
+    key (None: send none, for local servers). Only the generation settings that are set are
+    sent: `judge=sake` sends `reasoning_effort` and `seed` as the SAKE reference does,
+    `judge=llm_http` `temperature` and `max_tokens`. The client retries connection errors,
+    timeouts, 408/409/429 and 5xx replies `max_retries` times with backoff (honouring
+    Retry-After); `timeout_s` bounds each attempt. Requests run from a thread pool; replies are
+    cached like every backend's, and the key never appears in an error.
     """
 
     def __init__(
@@ -280,8 +172,10 @@ class OpenAIClientBackend(ThreadedBackend):
         *,
         base_url: str | None = None,
         api_key_env: str | None = "OPENAI_API_KEY",
-        reasoning_effort: str | None = "minimal",
-        seed: int | None = 0,
+        temperature: float | None = None,
+        max_tokens: int | None = None,
+        reasoning_effort: str | None = None,
+        seed: int | None = None,
         timeout_s: float = 120.0,
         max_retries: int = 5,
         concurrency: int = 8,
@@ -292,17 +186,27 @@ class OpenAIClientBackend(ThreadedBackend):
             import openai
         except ImportError:
             raise JudgeBackendError(
-                "this judge backend needs the openai client: pip install -e '.[judge]'"
+                "the endpoint judge backends need the openai client: pip install -e '.[judge]'"
             ) from None
         key = _api_key(api_key_env) if api_key_env else "unused"
         self._secrets: tuple[str, ...] = (key,) if api_key_env else ()
         self._client = openai.OpenAI(
             api_key=key, base_url=base_url, timeout=timeout_s, max_retries=max_retries
         )
-        self._errors: tuple[type[BaseException], ...] = (openai.OpenAIError,)
+        self._openai = openai
+        self.url = f"{str(self._client.base_url).rstrip('/')}/chat/completions"
         self.model = model
-        self.reasoning_effort = reasoning_effort
-        self.seed = seed
+        self.options = {
+            name: value
+            for name, value in (
+                ("temperature", temperature),
+                ("max_tokens", max_tokens),
+                ("reasoning_effort", reasoning_effort),
+                ("seed", seed),
+            )
+            if value is not None
+        }
+        self.max_retries = max_retries
         self.concurrency = concurrency
         self.extra_body = dict(extra_body or {})
         self.cache = None if cache_dir is None else ResponseCache(cache_dir)
@@ -310,31 +214,39 @@ class OpenAIClientBackend(ThreadedBackend):
     @property
     def settings(self) -> dict[str, Any]:
         return {
-            "backend": "openai-client",
+            "backend": "openai-chat",
             "model": self.model,
-            "reasoning_effort": self.reasoning_effort,
-            "seed": self.seed,
+            **self.options,
             "extra_body": self.extra_body,
         }
 
     def _send(self, prompt: ChatPrompt) -> str:
-        options: dict[str, Any] = {}
-        if self.reasoning_effort is not None:
-            options["reasoning_effort"] = self.reasoning_effort
-        if self.seed is not None:
-            options["seed"] = self.seed
+        options = dict(self.options)
         if self.extra_body:
             options["extra_body"] = self.extra_body
         try:
             response = self._client.chat.completions.create(
                 model=self.model, messages=[dict(message) for message in prompt], **options
             )
-        except self._errors as error:
-            message = f"{type(error).__name__}: {error}"
-            raise JudgeBackendError(redact(message, self._secrets)) from None
+        except self._openai.OpenAIError as error:
+            raise JudgeBackendError(redact(self._failure(error), self._secrets)) from None
         if not response.choices:
-            raise JudgeBackendError("the endpoint answered without choices")
+            raise JudgeBackendError(f"{self.url}: the endpoint answered without choices")
         return response.choices[0].message.content or ""
+
+    def _failure(self, error: Exception) -> str:
+        """What went wrong, saying whether the client had retried it."""
+        status = getattr(error, "status_code", None)
+        if isinstance(error, self._openai.APIStatusError):
+            body = error.response.text[:_ERROR_SNIPPET]
+            detail = f"HTTP {status}: {body}"
+            retried = status in _RETRYABLE_STATUS or status >= 500
+        else:
+            detail = f"{type(error).__name__}: {error}"
+            retried = isinstance(error, self._openai.APIConnectionError)
+        if retried:
+            return f"{self.url}: gave up after {self.max_retries + 1} attempts: {detail}"
+        return f"{self.url}: {detail}"
 
 
 def redact(text: str, secrets: Sequence[str]) -> str:
@@ -354,24 +266,6 @@ def _api_key(variable: str) -> str:
     if not key:
         raise JudgeBackendError(f"the judge's API key variable {variable} is not set")
     return key
-
-
-def _retry_after(headers: Mapping[str, str] | None) -> float | None:
-    value = None if headers is None else headers.get("Retry-After")
-    try:
-        return None if value is None else float(value)
-    except ValueError:
-        return None
-
-
-def _reply_text(raw: bytes) -> str:
-    """The first choice's message content of a chat-completions response."""
-    try:
-        content = json.loads(raw)["choices"][0]["message"]["content"]
-    except (ValueError, KeyError, IndexError, TypeError) as error:
-        snippet = raw[:_ERROR_SNIPPET].decode("utf-8", "replace")
-        raise JudgeBackendError(f"malformed chat-completions response: {snippet}") from error
-    return content or ""
 
 
 class TransformersBackend:
