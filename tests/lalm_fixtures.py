@@ -168,3 +168,18 @@ def parameters(lalm: DestaLALM) -> dict[str, torch.Tensor]:
 def assert_unchanged(lalm: DestaLALM, before: dict[str, torch.Tensor]) -> None:
     differing = [n for n, p in lalm.model.named_parameters() if not torch.equal(p, before[n])]
     assert differing == []
+
+
+def release_on_disk(factory: Any) -> tuple[Path, Path]:
+    """A small release in SAKE layout (with audio) and a tiny model in `load_desta` layout,
+    under a pytest `tmp_path_factory`."""
+    import shutil
+
+    from sake.data.writers import write_release
+
+    release = edit_release(factory.mktemp("release"))
+    root = factory.mktemp("sake")
+    write_release(release.splits, release.sequences, root)
+    shutil.copytree(release.audio_root, root / "audio")
+    lalm = make_lalm(make_tokenizer(release))
+    return root, save_model_dir(lalm, factory.mktemp("weights") / "desta_tiny")

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from lalm_fixtures import edit_release, make_lalm, make_tokenizer, save_model_dir
+from lalm_fixtures import edit_release, release_on_disk
 from sake.data.audio import write_audio
 from sake.data.check import run_checks
 from sake.data.readers import load_release
@@ -34,13 +34,7 @@ torch.set_num_threads(1)
 
 @pytest.fixture(scope="module")
 def on_disk(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    """A small release in SAKE layout (with audio) and a tiny model in `load_desta` layout."""
-    release = edit_release(tmp_path_factory.mktemp("release"))
-    root = tmp_path_factory.mktemp("sake")
-    write_release(release.splits, release.sequences, root)
-    shutil.copytree(release.audio_root, root / "audio")
-    lalm = make_lalm(make_tokenizer(release))
-    return root, save_model_dir(lalm, tmp_path_factory.mktemp("weights") / "desta_tiny")
+    return release_on_disk(tmp_path_factory)
 
 
 FT = ("method=ft_llm", "method.max_steps=1")

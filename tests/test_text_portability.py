@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import pytest
 import torch
 
-from lalm_fixtures import edit_release, make_lalm, make_tokenizer, save_model_dir
-from sake.data.writers import write_release
+from lalm_fixtures import edit_release, release_on_disk
 from sake.evaluation.judges.sake import SakeJudge
 from sake.evaluation.text_portability import (
     TextPortabilityPrompts,
@@ -26,12 +24,7 @@ SHARED_PROMPTS = Path(__file__).resolve().parents[2] / "shared" / "sake" / "refe
 
 @pytest.fixture(scope="module")
 def on_disk(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    release = edit_release(tmp_path_factory.mktemp("release"))
-    root = tmp_path_factory.mktemp("sake")
-    write_release(release.splits, release.sequences, root)
-    shutil.copytree(release.audio_root, root / "audio")
-    lalm = make_lalm(make_tokenizer(release))
-    return root, save_model_dir(lalm, tmp_path_factory.mktemp("weights") / "desta_tiny")
+    return release_on_disk(tmp_path_factory)
 
 
 @pytest.mark.skipif(not SHARED_PROMPTS.is_file(), reason="the reference prompt file is absent")
