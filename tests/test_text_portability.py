@@ -88,3 +88,27 @@ def test_judge_sake_becomes_the_text_portability_evaluator(compose_cfg) -> None:
     texts = json.loads(SHARED_PROMPTS.read_text())["prompts"]
     assert isinstance(judge, SakeJudge) and judge.parser == "strict"
     assert judge.prompts.correctness == texts["judge_text_portability"]["text"]
+
+
+def test_target_audio_portability_asks_about_a_clip_of_the_target(compose_cfg, on_disk) -> None:
+    root, weights = on_disk
+    overrides = [
+        "task=target_portability",
+        "logger=none",
+        "dataset=sake",
+        f"dataset.root={root}",
+        f"model.weights_dir={weights}",
+        "eval.max_new_tokens=3",
+    ]
+    cfg = compose_cfg("evaluate", overrides)
+    metrics = run_task(cfg)
+    run_dir = Path(cfg.paths.output_dir)
+    records = [json.loads(line) for line in (run_dir / OUTPUTS_FILE).read_text().splitlines()]
+    cases = {c.case_id: c for c in edit_release(run_dir / "release").splits["test"]}
+    assert records
+    for record in records:
+        target = next(p for p in cases[record["case_id"]].locality_audio if p.type == 3)
+        assert record["audio"].endswith(target.file) and target.answer == record["y_e"]
+        assert record["system"] is None and record["asked"] == record["question"]
+    assert 0.0 <= metrics["target_audio_portability"] <= 1.0
+    assert "# Target-audio portability" in (run_dir / "report.md").read_text()

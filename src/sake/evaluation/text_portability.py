@@ -6,6 +6,11 @@ one unquoted `pre → post` rule) and a caption of the clip naming its *original
 answers the case's portability question. It tells how far a model carries an edit through
 its own knowledge when the edit is simply stated, an upper reference for audio portability.
 
+The reference's other control, target-audio portability (`target_audio_based_portability.py`),
+asks the same portability question, with no system prompt and no edit, about a real clip of the
+target label y_e (the case's type-3 audio-locality probe): how well the model answers when the
+edited fact is simply true (`target_audio_items`).
+
 Prompts (system prompt, rule, query template, one caption per attribute) come from the
 reference prompt file. Judging: the reference's text-portability judge is `judge=sake` with
 its `judge_text_portability` prompt and strict "Judgement:" reading; the option judge by
@@ -27,6 +32,7 @@ from sake.evaluation.probing import generate_answers
 from sake.models.base import LALM
 
 KEY = "text_portability"
+TARGET_KEY = "target_audio_portability"
 MISSING_OUTPUT = "<missing>"
 
 
@@ -67,8 +73,8 @@ class TextPortabilityItem:
 
     case: EditCase
     probe: Probe  # the case's own portability probe
-    system: str
-    asked: Probe  # the text-only probe the model answers
+    system: str | None
+    asked: Probe  # what the model answers
 
 
 def text_portability_items(
@@ -88,11 +94,27 @@ def text_portability_items(
     return items
 
 
+def target_audio_items(cases: Iterable[EditCase]) -> list[TextPortabilityItem]:
+    """Each portability question asked about the case's clip of y_e (its type-3 audio-locality
+    probe), with no system prompt; cases without such a clip are left out."""
+    items = []
+    for case in cases:
+        target = next((p for p in case.locality_audio if p.type == 3), None)
+        if target is None or target.file is None:
+            continue
+        for probe in case.portability:
+            asked = replace(
+                probe, file=target.file, audio_path=target.audio_path, track=target.track
+            )
+            items.append(TextPortabilityItem(case, probe, None, asked))
+    return items
+
+
 def answer_items(
     lalm: LALM, items: Sequence[TextPortabilityItem], *, batch_size: int, max_new_tokens: int
 ) -> list[str]:
     """Greedy answers, one batch call per system prompt (one per edit pair)."""
-    by_system: dict[str, list[int]] = defaultdict(list)
+    by_system: dict[str | None, list[int]] = defaultdict(list)
     for index, item in enumerate(items):
         by_system[item.system].append(index)
     outputs: list[str] = [""] * len(items)
@@ -127,6 +149,8 @@ def judge_items(
             "y_e": item.case.y_e,
             "question": item.probe.question,
             "asked": item.asked.question,
+            "audio": None if item.asked.audio_path is None else str(item.asked.audio_path),
+            "system": item.system,
             "answer": item.probe.answer,
             "output": output,
             "skipped": not output or output == MISSING_OUTPUT,
@@ -137,13 +161,15 @@ def judge_items(
     ]
 
 
-def text_portability_metrics(records: Iterable[Mapping[str, Any]]) -> dict[str, float]:
-    """`text_portability/<Attribute>` and `text_portability` (pooled), skipped items left out,
-    with `/skipped` counts."""
+def text_portability_metrics(
+    records: Iterable[Mapping[str, Any]], key: str = KEY
+) -> dict[str, float]:
+    """`<key>/<Attribute>` and `<key>` (pooled), skipped items left out, with `/skipped`
+    counts."""
     counted: dict[str, list[bool]] = defaultdict(list)
     skipped: dict[str, int] = defaultdict(int)
     for record in records:
-        for scope in (KEY, f"{KEY}/{record['attribute']}"):
+        for scope in (key, f"{key}/{record['attribute']}"):
             if record["skipped"]:
                 skipped[scope] += 1
             else:

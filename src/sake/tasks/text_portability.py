@@ -1,6 +1,6 @@
-"""`python evaluate.py task=text_portability`: the reference's text-based portability diagnostic
-(see `sake.evaluation.text_portability`). Writes one JSON line per item, `metrics.json` and a
-short `report.md`, and logs the metrics to the tracker."""
+"""`python evaluate.py task=text_portability|target_portability`: the reference's two
+portability controls (see `sake.evaluation.text_portability`). Writes one JSON line per item,
+`metrics.json` and a short `report.md`, and logs the metrics to the tracker."""
 
 from __future__ import annotations
 
@@ -14,9 +14,12 @@ from sake.evaluation.judges.base import Judge, OptionJudge
 from sake.evaluation.report import markdown_table
 from sake.evaluation.text_portability import (
     KEY,
+    TARGET_KEY,
+    TextPortabilityItem,
     TextPortabilityPrompts,
     answer_items,
     judge_items,
+    target_audio_items,
     text_portability_items,
     text_portability_metrics,
 )
@@ -27,14 +30,20 @@ log = logging.getLogger(__name__)
 OUTPUTS_FILE = "text_portability.jsonl"
 
 
+MODES = {"text": KEY, "target_audio": TARGET_KEY}
+
+
 def text_portability_task(cfg: DictConfig, run: RunContext) -> dict[str, float]:
-    prompts = TextPortabilityPrompts.load(str(cfg.paths.reference_prompts))
+    mode = str(cfg.task.get("mode", "text"))
+    if mode not in MODES:
+        raise ValueError(f"task.mode must be one of {tuple(MODES)}, got {mode!r}")
     judge = diagnostic_judge(cfg)
     dataset = instantiate(cfg.dataset)
-    lalm = instantiate(cfg.model.load)
-    items = text_portability_items(dataset.cases(cfg.task.get("split") or None), prompts)
+    cases = dataset.cases(cfg.task.get("split") or None)
+    items = portability_items(cfg, mode, cases)
     if not items:
-        raise ValueError("the split has no portability probe to ask")
+        raise ValueError(f"the split has no portability probe to ask ({mode} mode)")
+    lalm = instantiate(cfg.model.load)
     outputs = answer_items(
         lalm,
         items,
@@ -44,15 +53,23 @@ def text_portability_task(cfg: DictConfig, run: RunContext) -> dict[str, float]:
     records = judge_items(items, outputs, judge)
     lines = "".join(json.dumps(record, ensure_ascii=False) + "\n" for record in records)
     atomic_write_text(run.output_dir / OUTPUTS_FILE, lines)
-    metrics = text_portability_metrics(records)
-    atomic_write_text(run.output_dir / REPORT_FILE, report_text(metrics, judge.name))
-    tracker = start_tracker(cfg, f"text-portability-{cfg.model.name}")
+    key = MODES[mode]
+    metrics = text_portability_metrics(records, key)
+    atomic_write_text(run.output_dir / REPORT_FILE, report_text(metrics, judge.name, key))
+    tracker = start_tracker(cfg, f"{key.replace('_', '-')}-{cfg.model.name}")
     try:
         tracker.log_summary(metrics)
     finally:
         tracker.finish()
-    log.info("text-based portability over %d items: %.3f", len(records), metrics[KEY])
+    log.info("%s over %d items: %.3f", key, len(records), metrics[key])
     return metrics
+
+
+def portability_items(cfg: DictConfig, mode: str, cases: list) -> list[TextPortabilityItem]:
+    if mode == "target_audio":
+        return target_audio_items(cases)
+    prompts = TextPortabilityPrompts.load(str(cfg.paths.reference_prompts))
+    return text_portability_items(cases, prompts)
 
 
 def diagnostic_judge(cfg: DictConfig) -> Judge:
@@ -65,11 +82,14 @@ def diagnostic_judge(cfg: DictConfig) -> Judge:
     return instantiate(cfg.judge, **OmegaConf.to_container(OmegaConf.create(overrides)))
 
 
-def report_text(metrics: dict[str, float], judge: str) -> str:
-    scopes = sorted(key for key in metrics if not key.endswith("/skipped"))
+TITLES = {KEY: "Text-based portability", TARGET_KEY: "Target-audio portability"}
+
+
+def report_text(metrics: dict[str, float], judge: str, key: str = KEY) -> str:
+    scopes = sorted(name for name in metrics if not name.endswith("/skipped"))
     rows = [
         [
-            "all" if scope == KEY else scope.split("/", 1)[1],
+            "all" if scope == key else scope.split("/", 1)[1],
             f"{100 * metrics[scope]:.1f}",
             int(metrics[f"{scope}/skipped"]),
         ]
@@ -78,7 +98,7 @@ def report_text(metrics: dict[str, float], judge: str) -> str:
     return (
         "\n\n".join(
             [
-                "# Text-based portability",
+                f"# {TITLES[key]}",
                 f"Accuracy in percent ({judge} judge); empty outputs skipped, as the "
                 "reference counts.",
                 markdown_table(["attribute", "accuracy", "skipped"], rows),
