@@ -20,7 +20,6 @@ from sake.evaluation.degeneration_by_gap import degeneration_by_gap
 from sake.evaluation.metrics import sequential_metrics, single_metrics
 from sake.evaluation.probing import generate_answers
 from sake.evaluation.records import RECORDS_FILE, RecordWriter, read_records
-from sake.hypernets.editor import HypernetEditor, expected_manifest, new_network
 from sake.hypernets.manifest import (
     HypernetUnavailableError,
     read_hypernet,
@@ -34,6 +33,7 @@ from sake.hypernets.signals import (
     scored_pass,
 )
 from sake.methods.base import build_editor
+from sake.methods.hypernet import HypernetEditor, expected_manifest, new_network
 from sake.methods.ke import KnowledgeEditorConfig
 from sake.methods.mend import MendConfig
 from sake.models.desta import DestaLALM

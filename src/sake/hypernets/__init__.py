@@ -3,11 +3,10 @@
 `signals` reads what a hypernetwork sees of an edit (gradient factors, token embeddings) and
 applies predicted updates; `ke` and `mend` are the networks; `subspace` holds the input
 directions of unrelated text their updates may leave alone; `manifest` stores them with what
-they were trained for; `editor` is the editing method both share (`sake.methods.ke`,
-`sake.methods.mend`). Training lives in `sake.training.hypernet`.
+they were trained for. Their editing method lives in `sake.methods.hypernet` (shared by
+`sake.methods.ke` and `sake.methods.mend`); training in `sake.training.hypernet`.
 """
 
-from sake.hypernets.editor import HypernetConfig, HypernetEditor
 from sake.hypernets.ke import KnowledgeEditor, RankOneEdit
 from sake.hypernets.manifest import (
     HypernetManifest,
@@ -26,8 +25,6 @@ __all__ = [
     "MEND",
     "EditSignal",
     "EditedMatrix",
-    "HypernetConfig",
-    "HypernetEditor",
     "HypernetManifest",
     "HypernetUnavailableError",
     "KnowledgeEditor",

@@ -26,8 +26,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from sake.methods.base import trainable_only
 from sake.models.base import LALM, Batch
+from sake.utils.params import trainable_only
 
 EMBEDDING_ROLE = "llm.embed"
 

@@ -14,8 +14,7 @@ hyperparameter dataclass, so the config and the dataclass cannot drift apart.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
@@ -169,26 +168,6 @@ class Editor(Protocol):
 def role_touches_audio_path(role: str) -> bool:
     """Whether a role names the audio encoder, the connector or a module inside them."""
     return any(role == root or role.startswith(f"{root}.") for root in AUDIO_PATH_ROLES)
-
-
-@contextmanager
-def trainable_only(model: nn.Module, parameters: Mapping[str, nn.Parameter]) -> Iterator[None]:
-    """Let gradients flow to `parameters` only, and give every flag back afterwards.
-
-    Freezing the rest means no autograd graph is built for layers before the edited module,
-    which is most of an edit's cost.
-    """
-    chosen = {id(p) for p in parameters.values()}
-    flags = [(p, p.requires_grad) for p in model.parameters()]
-    try:
-        for parameter, _ in flags:
-            parameter.requires_grad_(id(parameter) in chosen)
-        yield
-    finally:
-        for parameter, flag in flags:
-            parameter.requires_grad_(flag)
-        for parameter in parameters.values():
-            parameter.grad = None
 
 
 class MasterWeights:

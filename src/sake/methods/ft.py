@@ -31,9 +31,9 @@ from sake.methods.base import (
     QueryContext,
     WeightSnapshot,
     role_touches_audio_path,
-    trainable_only,
 )
 from sake.models.base import LALM
+from sake.utils.params import trainable_only
 
 MASTER_WEIGHTS = ("none", "fp32")
 

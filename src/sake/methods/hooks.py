@@ -30,8 +30,8 @@ from torch import Tensor, nn
 
 from sake.data.options import question_stem
 from sake.data.schema import Probe
-from sake.methods.base import trainable_only
 from sake.models.base import LALM, Batch
+from sake.utils.params import trainable_only
 
 EDIT_TOKENS: tuple[str, ...] = ("question", "prompt_end")
 

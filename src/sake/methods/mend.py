@@ -11,8 +11,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import ClassVar
 
-from sake.hypernets.editor import DEFAULT_ROLES, HypernetEditor
 from sake.hypernets.mend import MEND
+from sake.methods.hypernet import DEFAULT_ROLES, HypernetEditor
 
 
 @dataclass(frozen=True)

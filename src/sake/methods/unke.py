@@ -34,7 +34,6 @@ from sake.methods.base import (
     QueryContext,
     WeightSnapshot,
     role_touches_audio_path,
-    trainable_only,
 )
 from sake.methods.hooks import (
     EDIT_TOKENS,
@@ -47,6 +46,7 @@ from sake.methods.hooks import (
 )
 from sake.methods.stats import balanced_sample, case_rng, preservation_probes
 from sake.models.base import LALM, Batch
+from sake.utils.params import trainable_only
 
 
 @dataclass(frozen=True)

@@ -51,10 +51,11 @@ from torch import Tensor, nn
 from torch.nn import functional
 
 from sake.data.schema import EditCase, Probe
-from sake.methods.base import EditorState, EditOutcome, QueryContext, trainable_only
+from sake.methods.base import EditorState, EditOutcome, QueryContext
 from sake.methods.hooks import ModuleRecorder, run_recording
 from sake.methods.stats import balanced_sample, case_rng, preservation_probes
 from sake.models.base import LALM, Batch
+from sake.utils.params import trainable_only
 
 MERGES: tuple[str, ...] = ("ties",)
 

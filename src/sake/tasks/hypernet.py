@@ -14,9 +14,9 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
-from sake.hypernets.editor import HypernetEditor
 from sake.hypernets.manifest import save_hypernet
 from sake.methods.base import build_editor
+from sake.methods.hypernet import HypernetEditor
 from sake.runner import check_cases
 from sake.training.hypernet import Metrics, split_for_training, train_hypernet
 from sake.training.trainer import StageContext

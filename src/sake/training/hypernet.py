@@ -51,7 +51,6 @@ from torch import Tensor, nn
 from torch.utils.data import Dataset
 
 from sake.data.schema import EditCase, Probe, ProbeKind
-from sake.hypernets.editor import HypernetConfig, expected_manifest, new_network
 from sake.hypernets.manifest import HypernetManifest
 from sake.hypernets.signals import (
     EditedMatrix,
@@ -62,6 +61,7 @@ from sake.hypernets.signals import (
     scored_pass,
     updates_added,
 )
+from sake.methods.hypernet import HypernetConfig, expected_manifest, new_network
 from sake.runner import PreEditCache
 from sake.training.callbacks import NonFiniteLossError, NonFiniteLossGuard, StepLog, WallClock
 from sake.training.data import PlannedBatches, PlannedDataModule, plan_batches
