@@ -65,6 +65,7 @@ from sake.evaluation.judges.base import (
     Judge,
     OptionJudge,
     Verdict,
+    is_missing,
 )
 from sake.evaluation.judges.option import choose_option
 from sake.evaluation.probing import expected_answer
@@ -86,7 +87,6 @@ POOLED_LOCALITY = "locality"
 EDIT_GROUP = "edit"
 AGGREGATIONS: tuple[str, ...] = ("reference", "project")
 CORRECTNESS_KINDS: frozenset[str] = frozenset(METRICS) - LOCALITY_KINDS
-MISSING_OUTPUT = "<missing>"
 LETTERS = "abcd"
 
 Record = Mapping[str, Any]
@@ -206,7 +206,7 @@ def reference_score(judged: Mapping[str, Any]) -> float | None:
     among the question's option lines; otherwise the judge's verdict stands.
     """
     output = judged["post_output"]
-    if not output or output == MISSING_OUTPUT:
+    if is_missing(output):
         return None
     letter = output.lower()
     if len(letter) == 1 and letter in LETTERS:

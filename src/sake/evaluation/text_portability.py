@@ -27,13 +27,12 @@ from typing import Any
 
 from sake.data.reference_prompts import ReferencePrompts, fill
 from sake.data.schema import EditCase, Probe, ProbeKind
-from sake.evaluation.judges.base import CorrectnessItem, Judge
+from sake.evaluation.judges.base import CorrectnessItem, Judge, is_missing
 from sake.evaluation.probing import generate_answers
 from sake.models.base import LALM
 
 KEY = "text_portability"
 TARGET_KEY = "target_audio_portability"
-MISSING_OUTPUT = "<missing>"
 
 
 @dataclass(frozen=True)
@@ -153,7 +152,7 @@ def judge_items(
             "system": item.system,
             "answer": item.probe.answer,
             "output": output,
-            "skipped": not output or output == MISSING_OUTPUT,
+            "skipped": is_missing(output),
             "correct": bool(verdict.label),
             "verdict": verdict.explanation,
         }

@@ -17,6 +17,14 @@ from typing import Protocol, runtime_checkable
 
 from sake.evaluation.judges.option import choose_option, is_consistent, is_correct, normalise
 
+MISSING_OUTPUT = "<missing>"
+
+
+def is_missing(output: str) -> bool:
+    """Whether an output counts as missing for the SAKE reference: empty or `<missing>`
+    (its evaluators skip such items; a blank but non-empty output is not missing)."""
+    return not output or output == MISSING_OUTPUT
+
 
 @dataclass(frozen=True)
 class CorrectnessItem:

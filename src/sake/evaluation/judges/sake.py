@@ -44,11 +44,10 @@ from dataclasses import dataclass
 
 from sake.data.reference_prompts import ReferencePrompts, fill
 from sake.evaluation.judges.backends import ChatPrompt, JudgeBackend, JudgeBackendError
-from sake.evaluation.judges.base import ConsistencyItem, CorrectnessItem, Verdict
+from sake.evaluation.judges.base import ConsistencyItem, CorrectnessItem, Verdict, is_missing
 
 log = logging.getLogger(__name__)
 
-MISSING_OUTPUT = "<missing>"
 OPTIONS_MARKER = "\n\nOptions:\n"
 PARSERS = ("reference", "strict")
 PROTOCOLS = ("single", "sequential")
@@ -183,7 +182,7 @@ class SakeJudge:
         target = item.edit_answer
         if target is not None and folded(output) == folded(target) != folded(answer):
             return Verdict(item.item_id, False, "the output is the edit's target", "sake:port")
-        if not output or output == MISSING_OUTPUT:
+        if is_missing(output):
             return Verdict(item.item_id, False, "missing output", "sake:missing")
         if folded(output) == folded(answer):
             return Verdict(item.item_id, True, "exact match with the answer", "sake:exact")
