@@ -59,7 +59,7 @@ from safetensors.torch import save_file
 from torch import Tensor
 from tqdm import tqdm
 
-from sake.data.audio import clips_longer_than
+from sake.data.audio import case_audio_paths, clips_longer_than
 from sake.data.schema import EditCase, Probe
 from sake.data.schema import Sequence as EditSequence
 from sake.evaluation.judges.base import Judge, OptionJudge
@@ -160,7 +160,7 @@ def edit_progress(total: int, what: str) -> tqdm:
 
 def warn_long_clips(cases: Sequence[EditCase], window_seconds: float) -> list[Path]:
     """Warn once when clips last longer than the model hears (it cuts them); return them."""
-    paths = {Path(p.audio_path) for case in cases for p in case.probes() if p.audio_path}
+    paths = case_audio_paths(cases)
     long = clips_longer_than(paths, window_seconds)
     if long:
         shown = ", ".join(f"{path.name} ({seconds:.1f} s)" for path, seconds in long[:3])

@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 from omegaconf import OmegaConf
 
-from sake.evaluation.metrics import single_metrics
+from sake.evaluation.metrics import saved_aggregation, single_metrics
 from sake.evaluation.records import RECORDS_FILE, read_records
 from sake.evaluation.specificity import specificity_metrics
 
@@ -158,16 +158,14 @@ def job_directories(sweep_dir: Path) -> list[Path]:
     return sorted(path.parent for path in Path(sweep_dir).glob(f"*/{RECORDS_FILE}"))
 
 
-def run_aggregation(directory: Path) -> str:
-    """The job's `eval.aggregation` (jobs that predate the setting aggregated per record)."""
-    config = OmegaConf.to_container(OmegaConf.load(directory / CONFIG_FILE), resolve=False)
-    return str((config.get("eval") or {}).get("aggregation", "project"))
+def saved_config(directory: Path) -> dict[str, Any]:
+    """The resolved config a job ran with (its `config.yaml`)."""
+    return dict(OmegaConf.to_container(OmegaConf.load(directory / CONFIG_FILE), resolve=False))
 
 
 def method_config(directory: Path) -> dict[str, Any]:
-    """The resolved method config a job ran with (its `config.yaml`)."""
-    config = OmegaConf.to_container(OmegaConf.load(directory / CONFIG_FILE), resolve=False)
-    return dict(config.get("method") or {})
+    """The resolved method config a job ran with."""
+    return dict(saved_config(directory).get("method") or {})
 
 
 def swept_parameter(methods: Sequence[Mapping[str, Any]]) -> str:
@@ -208,9 +206,10 @@ def load_job(directory: Path, parameter: str) -> SweepJob:
         raise ValueError(f"{directory}: λ-sweeps analyse single-editing runs")
     stored = directory / METRICS_FILE
     metrics = json.loads(stored.read_text("utf-8")) if stored.is_file() else {}
-    metrics.update(single_metrics(records, run_aggregation(directory)))
+    config = saved_config(directory)
+    metrics.update(single_metrics(records, saved_aggregation(config)))
     metrics.update(specificity_metrics(records))
-    value = method_config(directory).get(parameter)
+    value = (config.get("method") or {}).get(parameter)
     if not isinstance(value, (int, float)):
         raise ValueError(f"{directory}: method.{parameter} is {value!r}, not a number")
     return SweepJob(directory, float(value), metrics, mean_regularizer(records))

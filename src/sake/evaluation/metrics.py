@@ -292,6 +292,14 @@ def single_metrics(records: Iterable[Record], aggregation: str = "reference") ->
     }
 
 
+def saved_aggregation(config: Mapping[str, Any]) -> str:
+    """The `eval.aggregation` of a run's saved config: `project` for runs that predate the
+    setting (they aggregated per record), `reference` when there is no config at all."""
+    if not config:
+        return "reference"
+    return str((config.get("eval") or {}).get("aggregation", "project"))
+
+
 def _is_reference(aggregation: str) -> bool:
     if aggregation not in AGGREGATIONS:
         raise ValueError(f"eval.aggregation must be one of {AGGREGATIONS}, got {aggregation!r}")

@@ -44,6 +44,7 @@ from sake.evaluation.metrics import (
     LOCALITY_KINDS,
     SPECIFICITY_METRICS,
     case_scores,
+    saved_aggregation,
     sequential_metrics,
     single_metrics,
 )
@@ -297,12 +298,7 @@ def load_job(directory: Path, records_file: str = RECORDS_FILE) -> Job:
         raise ValueError(f"{path} holds no records; the run finished no edit")
     config = read_config(directory) or read_config(directory.parent)
     label = method_label(str(records[0].get("method", directory.name)))
-    return Job(label, records, directory, dataset_categories(config), config_aggregation(config))
-
-
-def config_aggregation(config: Mapping[str, Any]) -> str:
-    """A run's `eval.aggregation` (runs that predate the setting aggregated per record)."""
-    return str((config.get("eval") or {}).get("aggregation", "project")) if config else "reference"
+    return Job(label, records, directory, dataset_categories(config), saved_aggregation(config))
 
 
 def distinct_labels(jobs: Sequence[Job]) -> list[Job]:

@@ -163,10 +163,12 @@ def user_error(error: BaseException) -> BaseException | None:
     Bad input and bad configs raise `UserError`, `ValueError` or `OSError` with a message that
     says what to do; Hydra wraps errors raised while instantiating a config.
     """
+    from hydra.errors import InstantiationException
+
     for candidate in _causes(error):
         if isinstance(candidate, (UserError, ValueError, OSError)):
             return candidate
-        if type(candidate).__name__ != "InstantiationException":
+        if not isinstance(candidate, InstantiationException):
             return None
     return None
 
