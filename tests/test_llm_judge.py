@@ -416,6 +416,15 @@ def test_finished_replies_are_cached_even_when_one_fails(judge_server: JudgeServ
     assert all(reply.endswith("Verdict: correct") for reply in replies)
 
 
+def test_tolerated_failures_come_back_as_none_without_asking_again(judge_server: JudgeServer):
+    judge_server.failures = ["400"]
+    backend = http_backend(judge_server, None, concurrency=1)
+    prompts = [correctness_prompt(correctness(str(i), f"It is male ({i}).")) for i in range(3)]
+    replies = backend.complete(prompts, tolerate_failures=True)
+    assert replies[0] is None and all(r.endswith("Verdict: correct") for r in replies[1:])
+    assert len(judge_server.requests) == 3
+
+
 def test_cache_hits_make_no_requests(judge_server: JudgeServer, tmp_path: Path):
     items = [correctness("a", "It is male."), correctness("b", "It is female.")]
     first = LLMJudge(http_backend(judge_server, tmp_path)).judge_correct(items)

@@ -33,7 +33,7 @@ needs_prompts = pytest.mark.skipif(
 
 
 class ScriptedBackend:
-    """Answers each prompt with the next scripted reply; None raises, as a failed call."""
+    """Answers each prompt with the next scripted reply; None is a failed call."""
 
     settings: dict[str, Any] = {}
 
@@ -41,13 +41,16 @@ class ScriptedBackend:
         self.replies = list(replies)
         self.prompts: list[Any] = []
 
-    def complete(self, prompts: Sequence[Any]) -> list[str]:
+    def complete(
+        self, prompts: Sequence[Any], *, tolerate_failures: bool = False
+    ) -> list[str | None]:
         replies = []
         for prompt in prompts:
             self.prompts.append(prompt)
-            if self.replies[0] is None:  # a failing call fails again when retried
+            reply = self.replies.pop(0)
+            if reply is None and not tolerate_failures:
                 raise JudgeBackendError("scripted failure")
-            replies.append(self.replies.pop(0))
+            replies.append(reply)
         return replies
 
 

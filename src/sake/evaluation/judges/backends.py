@@ -48,7 +48,12 @@ class JudgeBackend(Protocol):
     @property
     def settings(self) -> dict[str, Any]: ...
 
-    def complete(self, prompts: Sequence[ChatPrompt]) -> list[str]: ...
+    def complete(
+        self, prompts: Sequence[ChatPrompt], *, tolerate_failures: bool = False
+    ) -> list[str | None]:
+        """One reply per prompt. A prompt that fails raises `JudgeBackendError` (after every
+        other reply is in), or with `tolerate_failures` gets None."""
+        ...
 
 
 def cache_key(prompt: ChatPrompt, settings: Mapping[str, Any]) -> str:
@@ -91,11 +96,15 @@ def complete_with_cache(
     settings: Mapping[str, Any],
     cache: ResponseCache | None,
     compute: Callable[[list[ChatPrompt], Callable[[int, str], None]], None],
-) -> list[str]:
+    *,
+    tolerate_failures: bool = False,
+) -> list[str | None]:
     """Replies for `prompts`: cached ones read back, the others computed once per distinct key.
 
     `compute(missing, deliver)` must call `deliver(i, reply)` for each prompt `missing[i]`;
     each delivered reply is cached at once, so a batch that fails halfway keeps its progress.
+    With `tolerate_failures` the prompts `compute` could not answer get None instead of an
+    error, and nothing is asked twice.
     """
     keys = [cache_key(prompt, settings) for prompt in prompts]
     replies: dict[str, str] = {}
@@ -114,8 +123,12 @@ def complete_with_cache(
             cache.put(key, first_prompt[key], settings, reply)
 
     if missing:
-        compute([first_prompt[key] for key in missing], deliver)
-    return [replies[key] for key in keys]
+        try:
+            compute([first_prompt[key] for key in missing], deliver)
+        except JudgeBackendError:
+            if not tolerate_failures:
+                raise
+    return [replies.get(key) for key in keys]
 
 
 class ThreadedBackend:
@@ -131,8 +144,16 @@ class ThreadedBackend:
     def settings(self) -> dict[str, Any]:
         raise NotImplementedError
 
-    def complete(self, prompts: Sequence[ChatPrompt]) -> list[str]:
-        return complete_with_cache(prompts, self.settings, self.cache, self._send_all)
+    def complete(
+        self, prompts: Sequence[ChatPrompt], *, tolerate_failures: bool = False
+    ) -> list[str | None]:
+        return complete_with_cache(
+            prompts,
+            self.settings,
+            self.cache,
+            self._send_all,
+            tolerate_failures=tolerate_failures,
+        )
 
     def _send(self, prompt: ChatPrompt) -> str:
         raise NotImplementedError
@@ -299,8 +320,16 @@ class TransformersBackend:
             "max_new_tokens": self.max_new_tokens,
         }
 
-    def complete(self, prompts: Sequence[ChatPrompt]) -> list[str]:
-        return complete_with_cache(prompts, self.settings, self.cache, self._generate_all)
+    def complete(
+        self, prompts: Sequence[ChatPrompt], *, tolerate_failures: bool = False
+    ) -> list[str | None]:
+        return complete_with_cache(
+            prompts,
+            self.settings,
+            self.cache,
+            self._generate_all,
+            tolerate_failures=tolerate_failures,
+        )
 
     @cached_property
     def _components(self) -> tuple[Any, Any]:

@@ -43,7 +43,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from sake.data.reference_prompts import ReferencePrompts, fill
-from sake.evaluation.judges.backends import ChatPrompt, JudgeBackend, JudgeBackendError
+from sake.evaluation.judges.backends import ChatPrompt, JudgeBackend
 from sake.evaluation.judges.base import ConsistencyItem, CorrectnessItem, Verdict, is_missing
 
 log = logging.getLogger(__name__)
@@ -214,7 +214,12 @@ class SakeJudge:
         pending = [i for i, verdict in enumerate(verdicts) if verdict is None]
         replies: list[str | None] = [None] * len(pending)
         if self.backend is not None and pending:
-            replies = self._replies([prompt(items[i]) for i in pending])
+            replies = self.backend.complete(
+                [prompt(items[i]) for i in pending], tolerate_failures=True
+            )
+            failed = sum(reply is None for reply in replies)
+            if failed:
+                log.warning("%d judge calls failed; their items take the fallback", failed)
         for index, reply in zip(pending, replies, strict=True):
             label = None if reply is None else read(reply, self.parser)
             item_id = items[index].item_id
@@ -223,19 +228,3 @@ class SakeJudge:
             else:
                 verdicts[index] = Verdict(item_id, label, explanation_of(reply), "llm")
         return [verdict for verdict in verdicts if verdict is not None]
-
-    def _replies(self, prompts: list[ChatPrompt]) -> list[str | None]:
-        """The backend's replies; a prompt whose call fails gets None (the fallback), as the
-        reference falls back per item when an API call fails."""
-        assert self.backend is not None
-        try:
-            return list(self.backend.complete(prompts))
-        except JudgeBackendError as error:
-            log.warning("judge calls failed, their items take the fallback: %s", error)
-        replies: list[str | None] = []
-        for prompt in prompts:
-            try:
-                replies.extend(self.backend.complete([prompt]))
-            except JudgeBackendError:
-                replies.append(None)
-        return replies
