@@ -173,13 +173,31 @@ def assert_unchanged(lalm: DestaLALM, before: dict[str, torch.Tensor]) -> None:
 def release_on_disk(factory: Any) -> tuple[Path, Path]:
     """A small release in SAKE layout (with audio) and a tiny model in `load_desta` layout,
     under a pytest `tmp_path_factory`."""
+    release = edit_release(factory.mktemp("release"))
+    return write_on_disk(release, make_lalm(make_tokenizer(release)), factory)
+
+
+def write_on_disk(release: SakeRelease, lalm: DestaLALM, factory: Any) -> tuple[Path, Path]:
+    """`release` in SAKE layout (with its audio) and `lalm` in `load_desta` layout."""
     import shutil
 
     from sake.data.writers import write_release
 
-    release = edit_release(factory.mktemp("release"))
     root = factory.mktemp("sake")
     write_release(release.splits, release.sequences, root)
     shutil.copytree(release.audio_root, root / "audio")
-    lalm = make_lalm(make_tokenizer(release))
     return root, save_model_dir(lalm, factory.mktemp("weights") / "desta_tiny")
+
+
+def run_overrides(on_disk: tuple[Path, Path], task: str, *extra: str) -> list[str]:
+    """Overrides running `task` on a release and model written by `write_on_disk`."""
+    root, weights = on_disk
+    return [
+        f"task={task}",
+        "logger=none",
+        "dataset=sake",
+        f"dataset.root={root}",
+        f"model.weights_dir={weights}",
+        "eval.max_new_tokens=3",
+        *extra,
+    ]

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from lalm_fixtures import edit_release, release_on_disk
+from lalm_fixtures import edit_release, release_on_disk, run_overrides
 from sake.data.audio import write_audio
 from sake.data.check import run_checks
 from sake.data.readers import load_release
@@ -41,17 +41,8 @@ FT = ("method=ft_llm", "method.max_steps=1")
 
 
 def overrides(on_disk: tuple[Path, Path], *extra: str) -> list[str]:
-    root, weights = on_disk
-    return [
-        "task=edit",
-        "logger=none",
-        "dataset=sake",
-        f"dataset.root={root}",
-        f"model.weights_dir={weights}",
-        "eval.max_new_tokens=3",
-        *(FT if not any(e.startswith("method=") for e in extra) else ()),
-        *extra,
-    ]
+    method = FT if not any(e.startswith("method=") for e in extra) else ()
+    return run_overrides(on_disk, "edit", *method, *extra)
 
 
 def killed_run(compose_cfg, on_disk, *extra: str) -> Path:

@@ -12,10 +12,16 @@ from typing import Any
 import pytest
 import torch
 
-from lalm_fixtures import edit_release, make_lalm, make_tokenizer, rooted, save_model_dir
+from lalm_fixtures import (
+    edit_release,
+    make_lalm,
+    make_tokenizer,
+    rooted,
+    run_overrides,
+    write_on_disk,
+)
 from sake.data.readers import SakeRelease
 from sake.data.schema import EditCase
-from sake.data.writers import write_release
 from sake.evaluation.metrics import sequential_metrics, single_metrics
 from sake.evaluation.records import RECORDS_FILE, RecordWriter, read_records, record_key
 from sake.evaluation.specificity import SPECIFICITY_METRICS
@@ -573,23 +579,11 @@ def on_disk(
     release: SakeRelease, lalm: DestaLALM, tmp_path_factory: pytest.TempPathFactory
 ) -> tuple[Path, Path]:
     """The release in SAKE layout (with audio) and the model in `load_desta` layout."""
-    root = tmp_path_factory.mktemp("sake")
-    write_release(release.splits, release.sequences, root)
-    shutil.copytree(release.audio_root, root / "audio")
-    return root, save_model_dir(lalm, tmp_path_factory.mktemp("weights") / "desta_tiny")
+    return write_on_disk(release, lalm, tmp_path_factory)
 
 
 def edit_overrides(on_disk: tuple[Path, Path], *extra: str) -> list[str]:
-    root, weights = on_disk
-    return [
-        "task=edit",
-        "logger=none",
-        "dataset=sake",
-        f"dataset.root={root}",
-        f"model.weights_dir={weights}",
-        f"eval.max_new_tokens={MAX_NEW_TOKENS}",
-        *extra,
-    ]
+    return run_overrides(on_disk, "edit", *extra)
 
 
 def test_edit_task_writes_records_metrics_and_timings(compose_cfg, on_disk) -> None:

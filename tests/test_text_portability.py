@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from lalm_fixtures import edit_release, release_on_disk
+from lalm_fixtures import edit_release, release_on_disk, run_overrides
 from sake.evaluation.judges.sake import SakeJudge
 from sake.evaluation.text_portability import (
     TextPortabilityPrompts,
@@ -27,18 +27,6 @@ def on_disk(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     return release_on_disk(tmp_path_factory)
 
 
-def task_overrides(on_disk: tuple[Path, Path], task: str) -> list[str]:
-    root, weights = on_disk
-    return [
-        f"task={task}",
-        "logger=none",
-        "dataset=sake",
-        f"dataset.root={root}",
-        f"model.weights_dir={weights}",
-        "eval.max_new_tokens=3",
-    ]
-
-
 @pytest.mark.skipif(not SHARED_PROMPTS.is_file(), reason="the reference prompt file is absent")
 def test_the_query_is_the_reference_layout(tmp_path: Path) -> None:
     case = edit_release(tmp_path).splits["test"][0]
@@ -54,7 +42,7 @@ def test_the_query_is_the_reference_layout(tmp_path: Path) -> None:
 
 
 def test_the_task_asks_every_portability_question_as_text(compose_cfg, on_disk) -> None:
-    cfg = compose_cfg("evaluate", task_overrides(on_disk, "text_portability"))
+    cfg = compose_cfg("evaluate", run_overrides(on_disk, "text_portability"))
     metrics = run_task(cfg)
     run_dir = Path(cfg.paths.output_dir)
     records = [json.loads(line) for line in (run_dir / OUTPUTS_FILE).read_text().splitlines()]
@@ -94,7 +82,7 @@ def test_judge_sake_becomes_the_text_portability_evaluator(compose_cfg) -> None:
 
 
 def test_target_audio_portability_asks_about_a_clip_of_the_target(compose_cfg, on_disk) -> None:
-    cfg = compose_cfg("evaluate", task_overrides(on_disk, "target_portability"))
+    cfg = compose_cfg("evaluate", run_overrides(on_disk, "target_portability"))
     metrics = run_task(cfg)
     run_dir = Path(cfg.paths.output_dir)
     records = [json.loads(line) for line in (run_dir / OUTPUTS_FILE).read_text().splitlines()]

@@ -131,14 +131,14 @@ def complete_with_cache(
     return [replies.get(key) for key in keys]
 
 
-class ThreadedBackend:
-    """What the endpoint backends share: cached replies, requests sent from a thread pool.
+class CachedBackend:
+    """What every backend shares: replies cached on disk and looked up before any work.
 
-    Subclasses set `cache` and `concurrency` and say how one prompt is sent (`_send`).
+    Subclasses set `cache`, say what a reply depends on (`settings`) and how the prompts the
+    cache lacks are answered (`_compute_all`, delivering each reply as it comes).
     """
 
     cache: ResponseCache | None
-    concurrency: int
 
     @property
     def settings(self) -> dict[str, Any]:
@@ -151,31 +151,15 @@ class ThreadedBackend:
             prompts,
             self.settings,
             self.cache,
-            self._send_all,
+            self._compute_all,
             tolerate_failures=tolerate_failures,
         )
 
-    def _send(self, prompt: ChatPrompt) -> str:
+    def _compute_all(self, prompts: list[ChatPrompt], deliver: Callable[[int, str], None]) -> None:
         raise NotImplementedError
 
-    def _send_all(self, prompts: list[ChatPrompt], deliver: Callable[[int, str], None]) -> None:
-        """Deliver each reply as it comes; failures are reported together, once every other
-        prompt has been delivered (and cached)."""
-        failures: list[str] = []
-        with ThreadPoolExecutor(max_workers=max(1, self.concurrency)) as pool:
-            futures = {pool.submit(self._send, prompt): i for i, prompt in enumerate(prompts)}
-            for future in as_completed(futures):
-                try:
-                    deliver(futures[future], future.result())
-                except JudgeBackendError as error:
-                    failures.append(str(error))
-        if failures:
-            raise JudgeBackendError(
-                f"{len(failures)} of {len(prompts)} judge requests failed; first: {failures[0]}"
-            )
 
-
-class OpenAIClientBackend(ThreadedBackend):
+class OpenAIClientBackend(CachedBackend):
     """Any OpenAI-compatible chat-completions endpoint through the `openai` client.
 
     `base_url` None is OpenAI itself; `api_key_env` names the environment variable holding the
@@ -241,6 +225,22 @@ class OpenAIClientBackend(ThreadedBackend):
             "extra_body": self.extra_body,
         }
 
+    def _compute_all(self, prompts: list[ChatPrompt], deliver: Callable[[int, str], None]) -> None:
+        """Deliver each reply as it comes; failures are reported together, once every other
+        prompt has been delivered (and cached)."""
+        failures: list[str] = []
+        with ThreadPoolExecutor(max_workers=max(1, self.concurrency)) as pool:
+            futures = {pool.submit(self._send, prompt): i for i, prompt in enumerate(prompts)}
+            for future in as_completed(futures):
+                try:
+                    deliver(futures[future], future.result())
+                except JudgeBackendError as error:
+                    failures.append(str(error))
+        if failures:
+            raise JudgeBackendError(
+                f"{len(failures)} of {len(prompts)} judge requests failed; first: {failures[0]}"
+            )
+
     def _send(self, prompt: ChatPrompt) -> str:
         options = dict(self.options)
         if self.extra_body:
@@ -289,7 +289,7 @@ def _api_key(variable: str) -> str:
     return key
 
 
-class TransformersBackend:
+class TransformersBackend(CachedBackend):
     """A local transformers causal LM: chat template, greedy decoding, batches."""
 
     def __init__(
@@ -320,17 +320,6 @@ class TransformersBackend:
             "max_new_tokens": self.max_new_tokens,
         }
 
-    def complete(
-        self, prompts: Sequence[ChatPrompt], *, tolerate_failures: bool = False
-    ) -> list[str | None]:
-        return complete_with_cache(
-            prompts,
-            self.settings,
-            self.cache,
-            self._generate_all,
-            tolerate_failures=tolerate_failures,
-        )
-
     @cached_property
     def _components(self) -> tuple[Any, Any]:
         from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -346,7 +335,7 @@ class TransformersBackend:
         )
         return model.to(self.device).eval(), tokenizer
 
-    def _generate_all(self, prompts: list[ChatPrompt], deliver: Callable[[int, str], None]) -> None:
+    def _compute_all(self, prompts: list[ChatPrompt], deliver: Callable[[int, str], None]) -> None:
         _, tokenizer = self._components
         texts = [
             tokenizer.apply_chat_template(
