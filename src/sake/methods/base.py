@@ -200,6 +200,12 @@ class MasterWeights:
                     parameter.copy_(master)
 
 
+def check_choice(name: str, field_name: str, value: str, choices: Sequence[str]) -> None:
+    """Refuse a method setting that is not one of its `choices`, naming them."""
+    if value not in choices:
+        raise ValueError(f"{name}: {field_name} must be one of {tuple(choices)}, got {value!r}")
+
+
 def non_finite_settings(config: Any, prefix: str = "method") -> list[str]:
     """`method.<key> = value` for every NaN or infinite number in a (nested) method config."""
     if isinstance(config, float):

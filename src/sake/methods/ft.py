@@ -30,6 +30,7 @@ from sake.methods.base import (
     MasterWeights,
     QueryContext,
     WeightSnapshot,
+    check_choice,
     role_touches_audio_path,
 )
 from sake.models.base import LALM
@@ -53,11 +54,7 @@ class FineTuneConfig:
     def __post_init__(self) -> None:
         if self.lr <= 0:
             raise ValueError(f"{self.name}: lr must be positive, got {self.lr}")
-        if self.master_weights not in MASTER_WEIGHTS:
-            raise ValueError(
-                f"{self.name}: master_weights must be one of {MASTER_WEIGHTS}, "
-                f"got {self.master_weights!r}"
-            )
+        check_choice(self.name, "master_weights", self.master_weights, MASTER_WEIGHTS)
         if self.max_steps < 1:
             raise ValueError(f"{self.name}: max_steps must be at least 1, got {self.max_steps}")
 

@@ -40,7 +40,7 @@ from typing import Any
 
 from sake.data.reference_prompts import ReferencePrompts, fill
 from sake.data.schema import EditCase, Probe
-from sake.methods.base import AppliedEdit, EditorState, EditOutcome, QueryContext
+from sake.methods.base import AppliedEdit, EditorState, EditOutcome, QueryContext, check_choice
 from sake.models.base import LALM, Turn
 
 SUBJECTS: dict[str, str] = {
@@ -97,11 +97,6 @@ class EditStatement:
     def _rule(self, edit: AppliedEdit) -> str:
         subject = SUBJECTS.get(edit.attribute, edit.attribute.lower())
         return fill(self.rule, subject=subject, pre=edit.y_o, post=edit.y_e)
-
-
-def check_choice(name: str, field_name: str, value: str, choices: Sequence[str]) -> None:
-    if value not in choices:
-        raise ValueError(f"{name}: {field_name} must be one of {tuple(choices)}, got {value!r}")
 
 
 @dataclass(frozen=True)

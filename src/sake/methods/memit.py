@@ -35,7 +35,7 @@ import torch
 from torch import Tensor, nn
 
 from sake.data.schema import EditCase
-from sake.methods.base import EditorState, EditOutcome, QueryContext, WeightSnapshot
+from sake.methods.base import EditorState, EditOutcome, QueryContext, WeightSnapshot, check_choice
 from sake.methods.hooks import (
     EDIT_TOKENS,
     ModuleRecorder,
@@ -77,8 +77,7 @@ class MemitConfig:
         object.__setattr__(self, "layers", tuple(int(i) for i in self.layers))
         if not self.layers:
             raise ValueError(f"{self.name}: layers must name at least one layer")
-        if self.token not in EDIT_TOKENS:
-            raise ValueError(f"{self.name}: token must be one of {EDIT_TOKENS}, got {self.token!r}")
+        check_choice(self.name, "token", self.token, EDIT_TOKENS)
         if self.lam < 0:
             raise ValueError(f"{self.name}: lam must be non-negative, got {self.lam}")
         if self.v_steps < 1 or self.stats_probes < 1 or self.stats_batch_size < 1:

@@ -33,6 +33,7 @@ from sake.methods.base import (
     EditOutcome,
     QueryContext,
     WeightSnapshot,
+    check_choice,
     role_touches_audio_path,
 )
 from sake.methods.hooks import (
@@ -75,8 +76,7 @@ class UnkeConfig:
     def __post_init__(self) -> None:
         if self.delta_steps < 1 or self.layer_steps < 1:
             raise ValueError(f"{self.name}: delta_steps and layer_steps must be at least 1")
-        if self.token not in EDIT_TOKENS:
-            raise ValueError(f"{self.name}: token must be one of {EDIT_TOKENS}, got {self.token!r}")
+        check_choice(self.name, "token", self.token, EDIT_TOKENS)
         if self.preservation_weight < 0 or self.preservation_probes < 0:
             raise ValueError(f"{self.name}: preservation settings must be non-negative")
 
