@@ -43,10 +43,10 @@ def overfitting_counts(records: Iterable[Record]) -> dict[int, tuple[int, int]]:
 
 
 def overfitting_metrics(records: Iterable[Record]) -> dict[str, float]:
-    """`<KEY>/type<k>` (a fraction; 0 when no probe of the type failed, as the reference
-    reports) and `<KEY>/type<k>/failed` (how many failed) for every type present."""
+    """`<KEY>/type<k>` (a fraction) and `<KEY>/type<k>/failed` (how many failed) for every type
+    with an inconsistent probe (the reference would print 0 for the others)."""
     metrics: dict[str, float] = {}
     for type_, (overfit, failed) in overfitting_counts(records).items():
-        metrics[f"{KEY}/type{type_}"] = overfit / failed if failed else 0.0
+        metrics[f"{KEY}/type{type_}"] = overfit / failed
         metrics[f"{KEY}/type{type_}/failed"] = float(failed)
     return metrics

@@ -630,7 +630,7 @@ def _overfitting_section(jobs: Sequence[Job]) -> str:
 
 
 def _share_text(part: int, whole: int) -> str:
-    return f"{100 * part / whole:.1f} ({part}/{whole})" if whole else "0.0 (0/0)"
+    return f"{100 * part / whole:.1f} ({part}/{whole})"
 
 
 def _plain(value: float | None) -> str:
