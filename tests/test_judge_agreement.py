@@ -19,7 +19,7 @@ from sake.evaluation.judges.agreement import (
     labels_by_id,
     percent_agreement,
 )
-from sake.evaluation.judges.base import CorrectnessItem, OptionJudge, Verdict
+from sake.evaluation.judges.base import ConsistencyItem, CorrectnessItem, OptionJudge, Verdict
 from sake.evaluation.judges.llm import LLMJudge
 
 REFERENCE_OUTPUTS = Path(__file__).resolve().parents[2] / "shared" / "sake" / "reference_outputs"
@@ -105,13 +105,18 @@ def test_labels_by_id_from_verdicts_and_human_labels():
 
 
 @cache
-def _reference_items(name: str, records: int) -> list[CorrectnessItem]:
-    """Reliability, generality and portability outputs, pre and post edit, vs the answer."""
-    path = REFERENCE_OUTPUTS / f"MEND_{name}.json"
+def _reference_records(file_name: str) -> list[dict]:
+    path = REFERENCE_OUTPUTS / file_name
     if not path.is_file():
         pytest.skip(f"reference outputs are not available at {REFERENCE_OUTPUTS}")
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+@cache
+def _reference_items(name: str, records: int) -> list[CorrectnessItem]:
+    """Reliability, generality and portability outputs, pre and post edit, vs the answer."""
     items = []
-    for index, entry in enumerate(json.loads(path.read_text(encoding="utf-8"))[:records]):
+    for index, entry in enumerate(_reference_records(f"MEND_{name}.json")[:records]):
         for probe, fields in entry.items():
             if not probe.startswith(("reliability", "generality", "portability")):
                 continue
@@ -150,3 +155,59 @@ def test_option_judge_agrees_with_the_shortcuts_on_every_reference_output():
     assert (result.compared, result.undecided) == (4697, 7303)
     assert result.percent == 100.0
     assert math.isnan(result.kappa)  # every shortcut verdict is an exact match: one label
+
+
+DEV_SET = Path(__file__).resolve().parent / "data" / "option_judge_dev_set.json"
+DEV_SET_LABELS = {"correct": True, "incorrect": False, "consistent": True, "inconsistent": False}
+
+
+def _dev_set_verdicts() -> tuple[dict[str, bool], dict[str, bool | None], dict[str, str]]:
+    """Human labels, option-judge labels and each item's category, by item id."""
+    human: dict[str, bool] = {}
+    judged: dict[str, bool | None] = {}
+    category: dict[str, str] = {}
+    for row in json.loads(DEV_SET.read_text(encoding="utf-8"))["items"]:
+        item_id = f"{row['file']}/{row['index']}/{row['probe']}"
+        entry = _reference_records(row["file"])[row["index"]]
+        fields = entry[row["probe"]]
+        options = parse_options(fields["question"])
+        if row["task"] == "correctness":
+            item = CorrectnessItem(
+                item_id,
+                fields["question"],
+                options,
+                fields["answer"],
+                entry["post_edit"][row["probe"]],
+            )
+            (verdict,) = OptionJudge().judge_correct([item])
+        else:
+            pair = ConsistencyItem(
+                item_id,
+                fields["question"],
+                options,
+                entry["pre_edit"][row["probe"]],
+                entry["post_edit"][row["probe"]],
+            )
+            (verdict,) = OptionJudge().judge_consistent([pair])
+        human[item_id] = DEV_SET_LABELS[row["label"]]
+        judged[item_id] = verdict.label
+        category[item_id] = f"{row['task']}/{row['file']}"
+    return human, judged, category
+
+
+def test_option_judge_agrees_with_careful_human_reading():
+    """336 hand-labelled real outputs: >= 97% overall, >= 95% on correctness and consistency."""
+    human, judged, category = _dev_set_verdicts()
+    assert len(human) == 336
+    overall = agreement(judged, human)
+    by_task = {
+        task: agreement(
+            {i: label for i, label in judged.items() if category[i].startswith(task)}, human
+        )
+        for task in ("correctness", "consistency")
+    }
+    assert overall.compared == 336
+    assert overall.percent >= 97.0, overall
+    assert all(result.percent >= 95.0 for result in by_task.values()), by_task
+    per_category = agreement_by_metric(judged, human, category)
+    assert all(result.percent >= 90.0 for result in per_category.values()), per_category

@@ -62,6 +62,12 @@ CHOICES = [
         "announced",
     ),
     ("It is a hen. The other options, crow and rooster, are louder.", ANIMALS, "hen", "leading"),
+    (
+        "It is a hen, so the answer would be hen. However, the answer would be rooster.",
+        ANIMALS,
+        None,
+        "several",
+    ),
     ("The language spoken is Mandarin.", ("English", "Chinese"), "Chinese", "single"),
     ("7", STARS, "7", "exact"),
     ("The answer is 7.", STARS, "7", "exact"),
@@ -71,6 +77,14 @@ CHOICES = [
     ("There is no speech detected.", SPOKEN_WORDS, None, "unanchored"),
     ('The spoken word is "no".', SPOKEN_WORDS, "no", "single"),
     ("(B) Thanks. I don't need a ride.", LETTERED, "B", "single"),
+    (
+        "The most appropriate response is:\n\n(C) We will work hard for quite a while.",
+        LETTERED,
+        "C",
+        "announced",
+    ),
+    ("The answer is C, because it fits.", LETTERED, "C", "single"),
+    ("Therefore, a dog is barking.", LETTERED, None, "unanchored"),
     ("A dog is barking.", LETTERED, None, "unanchored"),
     ("The correct answer is: Posi", ("Positive law", "Natural law"), None, "none"),
     (
@@ -144,6 +158,12 @@ def test_is_correct(output: str, options: tuple[str, ...], answer: str, correct:
     assert is_correct(output, options, answer) is correct
 
 
+LONG_EXPLANATION = (
+    "Judging a voice from one short clip is hard: pitch, timbre and speaking rate vary "
+    "between people of every group, and a recording simply carries too few cues. A careful "
+    "listener would want more speech before saying anything about the person who recorded it."
+)
+
 # pre-edit output, post-edit output, options, consistent
 CONSISTENCY = [
     ("male", "The speaker is male.", GENDER, True),
@@ -151,7 +171,13 @@ CONSISTENCY = [
     ("male", "female", GENDER, False),
     ("male", "I cannot tell.", GENDER, False),
     ("I cannot tell.", "I cannot tell", GENDER, True),
-    ("I cannot tell.", "It is unclear.", GENDER, False),
+    ("I cannot tell.", "It is unclear.", GENDER, True),
+    ("The speaker is calm.", "The speaker is neutral.", GENDER, False),
+    ("It could be male or female.", "Either male or female, I think.", GENDER, True),
+    ("It could be male or female.", "It could be male, or maybe a child.", GENDER, False),
+    (LONG_EXPLANATION, LONG_EXPLANATION.replace("simply", "merely"), GENDER, True),
+    (LONG_EXPLANATION, LONG_EXPLANATION + " It could be male or female.", GENDER, False),
+    (LONG_EXPLANATION, "Pitch is not a reliable cue for this speaker at all.", GENDER, False),
     ("male or female", "Male or female!", GENDER, True),
     ("Forty-two.", "forty two", (), True),
     ("Forty-two.", "forty three", (), False),

@@ -34,8 +34,20 @@ Decision rules, the first one that decides wins (the name is `Choice.reason`):
    nothing is chosen.
 8. ``leading``: several options are mentioned, but the first sentence names exactly one,
    and it is neither a number nor a function word ("It is a rooster. The other options,
-   hen and crow, …").
+   hen and crow, …"), and no two announced answers name different options ("… would be
+   to listen. However, … would be to stay calm" chooses neither).
 9. Otherwise nothing is chosen: ``several`` or ``none``.
+
+Inside an announced answer, a function-word option counts only where it stands apart
+("(C) That means …", "The answer is no.", "… is C, because"), not as an article ("… for
+quite a while" does not name option A).
+
+Consistency (`is_consistent`) compares the chosen options. When neither output chooses one,
+SAKE still asks whether the two say the same thing: they agree when both decline to answer,
+when both name the same options without settling on one, or when both are explanations of
+at least `LONG_OUTPUT_WORDS` words that mostly say the same words
+(`SAME_TEXT_RATIO`) and name the same options. Shorter outputs must agree word for word,
+since there the differing word is usually the answer ("The speaker is calm").
 """
 
 from __future__ import annotations
@@ -44,9 +56,12 @@ import re
 import unicodedata
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from difflib import SequenceMatcher
 from functools import lru_cache
 
 PREPARED_OPTION_SETS = 4096
+LONG_OUTPUT_WORDS = 30
+SAME_TEXT_RATIO = 0.6
 _COMBINING = "\u0300-\u036f\u1ab0-\u1aff\u1dc0-\u1dff\u20d0-\u20ff"
 _LETTER = rf"(?:[^\W\d_]|[{_COMBINING}])"
 _TOKEN = re.compile(rf"(?:(?<![\w)])-)?\d+(?:[.,]\d+)*|{_LETTER}(?:[^\W_]|[{_COMBINING}#])*")
@@ -179,6 +194,7 @@ _ANNOUNCEMENTS = re.compile(
 )
 _REFUSALS = re.compile(
     r"\b(?:not possible|impossible|unable|cannot|can not|cant|could not|couldnt|not able"
+    r"|unclear|not clear|no way to (?:tell|know|determine)"
     r"|(?:difficult|hard) to (?:determine|tell|say|identify)|im sorry|i am sorry)\b"
 )
 
@@ -294,7 +310,20 @@ def is_consistent(output_a: str, output_b: str, options: Sequence[str]) -> bool:
     choice_b = choose_option(output_b, options)
     if choice_a.index is not None or choice_b.index is not None:
         return choice_a.index == choice_b.index
-    return normalise(output_a) == normalise(output_b)
+    return _say_the_same(output_a, output_b, choice_a, choice_b)
+
+
+def _say_the_same(output_a: str, output_b: str, choice_a: Choice, choice_b: Choice) -> bool:
+    """Whether two outputs that choose no option still give the same answer (module docstring)."""
+    words_a, words_b = normalise(output_a).split(), normalise(output_b).split()
+    if words_a == words_b or choice_a.reason == choice_b.reason == "refusal":
+        return True
+    same_mentions = set(choice_a.mentioned) == set(choice_b.mentioned)
+    if choice_a.mentioned and same_mentions:
+        return True
+    if min(len(words_a), len(words_b)) < LONG_OUTPUT_WORDS or not same_mentions:
+        return False
+    return SequenceMatcher(None, words_a, words_b, autojunk=False).ratio() >= SAME_TEXT_RATIO
 
 
 def _read(text: str) -> _Text:
@@ -464,9 +493,9 @@ def _judge_prose(text: _Text, searched: _Options) -> Choice:
     if refused:
         first_end = _first_sentence(text)[1]
         announcements = [span for span in announcements if span[0] >= first_end]
-    announced = _announced_option(text, mentions, announcements, searched)
-    if announced is not None:
-        return Choice(announced, mentioned, "single" if mentioned == (announced,) else "announced")
+    announced = _announced_options(text, mentions, announcements, searched)
+    if len(announced) == 1:
+        return Choice(announced[0], mentioned, "single" if mentioned == announced else "announced")
     if refused:
         return Choice(None, mentioned, "refusal")
     if len(mentioned) == 1:
@@ -475,7 +504,7 @@ def _judge_prose(text: _Text, searched: _Options) -> Choice:
         return Choice(None, mentioned, "unanchored")
     if not mentioned:
         return Choice(None, mentioned, "none")
-    leading = _leading_option(text, mentions, searched)
+    leading = None if announced else _leading_option(text, mentions, searched)
     if leading is not None:
         return Choice(leading, mentioned, "leading")
     return Choice(None, mentioned, "several")
@@ -495,14 +524,16 @@ def _anchored(
     """
     first, last = _first_sentence(text), _last_sentence(text)
     for mention in mentions:
-        places = [*announcements]
-        if mention.option in searched.numeric:
-            places += [first, last]
-        elif mention.option not in searched.weak:
+        if mention.option not in searched.numeric | searched.weak:
             return True
-        if text.set_apart(mention.start, mention.end) or any(
-            _within(text, mention, span) for span in places
-        ):
+        announced = any(
+            _within(text, mention, span) and _counts_in_announcement(text, mention, span, searched)
+            for span in announcements
+        )
+        in_place = mention.option in searched.numeric and any(
+            _within(text, mention, span) for span in (first, last)
+        )
+        if announced or in_place or text.set_apart(mention.start, mention.end):
             return True
     return False
 
@@ -589,23 +620,37 @@ def _last_sentence(text: _Text) -> tuple[int, int]:
     return (ends[-1] if ends else 0), len(text.folded)
 
 
-def _announced_option(
+def _announced_options(
     text: _Text,
     mentions: Sequence[_Mention],
     announcements: Sequence[tuple[int, int]],
     searched: _Options,
-) -> int | None:
-    """The one option every announced answer names, if they agree."""
+) -> tuple[int, ...]:
+    """The options the announced answers name, one per announcement that names exactly one."""
     named: list[int] = []
     for span in announcements:
         letter = _letter_option(text.folded[span[0] : span[1]], searched)
-        inside = _distinct(m.option for m in mentions if _within(text, m, span))
+        inside = _distinct(
+            m.option
+            for m in mentions
+            if _within(text, m, span) and _counts_in_announcement(text, m, span, searched)
+        )
         if letter is not None and not inside:
             named.append(letter)
         elif len(inside) == 1:
             named.append(inside[0])
-    agreed = _distinct(named)
-    return agreed[0] if len(agreed) == 1 else None
+    return _distinct(named)
+
+
+def _counts_in_announcement(
+    text: _Text, mention: _Mention, span: tuple[int, int], searched: _Options
+) -> bool:
+    """A function-word option counts where it stands apart or alone opens the answer."""
+    if mention.option not in searched.weak or text.set_apart(mention.start, mention.end):
+        return True
+    opens = text.tokens[mention.start].start == span[0]
+    after = text.tokens[mention.end] if mention.end < len(text.tokens) else None
+    return opens and (after is None or after.gap > 0 or after.start >= span[1])
 
 
 def _leading_option(text: _Text, mentions: Sequence[_Mention], searched: _Options) -> int | None:
