@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -168,15 +168,31 @@ def test_prompt_puts_clips_before_the_question(
     )
 
 
+class StemTranscriber:
+    """Names each clip by its file stem; records which clips it was asked to prepare."""
+
+    def __init__(self) -> None:
+        self.prefetched: list[Path] = []
+
+    def __call__(self, clip: Path) -> str:
+        return f"[{clip.stem}]"
+
+    def prefetch(self, clips: Sequence[Path]) -> None:
+        self.prefetched.extend(clips)
+
+
 def test_transcripts_go_inside_the_span(
     tokenizer: PreTrainedTokenizerFast, lalm: DestaLALM, clips: list[Path]
 ) -> None:
-    with_transcripts = DestaLALM(lalm.model, tokenizer, transcriber=lambda path: f"[{path.stem}]")
+    transcriber = StemTranscriber()
+    with_transcripts = DestaLALM(lalm.model, tokenizer, transcriber=transcriber)
     prompt = with_transcripts.prompt_text(audio_probe("Which animal?", "dog", clips[2]))
     assert "<|audio|><|audio_end|>" not in prompt
     assert "<|audio|>[clip_2]<|audio_end|>\nWhich animal?" in prompt
-    batch = with_transcripts.prepare([audio_probe("Which animal?", "dog", clips[2])])
-    assert with_transcripts.next_token_logits(batch).shape == (1, len(tokenizer))
+    probes = [audio_probe("Which animal?", "dog", clip) for clip in (clips[2], clips[1], clips[2])]
+    batch = with_transcripts.prepare(probes)
+    assert transcriber.prefetched == [clips[2], clips[1]]
+    assert with_transcripts.next_token_logits(batch).shape == (3, len(tokenizer))
 
 
 def test_batch_is_left_padded_with_clips_in_reading_order(

@@ -540,7 +540,7 @@ def test_load_desta25_from_local_directories(
         "connector": OmegaConf.to_container(sizes.connector),
         "device_map": "cpu",
     }
-    loaded = load_desta25(**options, dtype="float32")
+    loaded = load_desta25(**options, dtype="float32", transcripts="manifest")
     assert replace(loaded.config, llm={}) == replace(trained.config, llm={})
     assert LlamaConfig(**loaded.config.llm).to_diff_dict() == (
         LlamaConfig(**trained.config.llm).to_diff_dict()
@@ -550,7 +550,7 @@ def test_load_desta25_from_local_directories(
         loaded.next_token_logits(loaded.prepare([probe])),
         trained.next_token_logits(trained.prepare([probe])),
     )
-    half = load_desta25(**options, transcripts=False)
+    half = load_desta25(**options, transcripts="none")
     assert half.modules.resolve("lm_head").module.weight.dtype == torch.bfloat16
     assert half.modules.resolve("connector").module.layer_weights.dtype == torch.float32
     assert TRANSCRIPT not in half.prompt_text(probe)

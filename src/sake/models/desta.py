@@ -37,7 +37,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections import OrderedDict
-from collections.abc import Callable, Hashable, Iterator, Mapping, Sequence
+from collections.abc import Hashable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import replace
 from pathlib import Path
@@ -75,6 +75,7 @@ from sake.models.tokenizer import (
     target_row,
     tokenizer_identity,
 )
+from sake.models.transcripts import Transcriber
 
 BUILD_COMMAND = "python train.py experiment=desta_tiny"
 TOKENIZER_DIR = "tokenizer"
@@ -84,7 +85,6 @@ DEFAULT_ENCODER_CACHE_CLIPS = 256
 AUDIO_CHUNK = 64
 IGNORE_INDEX = -100
 
-Transcriber = Callable[[Path], str]
 ClipKey = tuple[str, int, int]
 K = TypeVar("K", bound=Hashable)
 V = TypeVar("V")
@@ -292,11 +292,13 @@ class DestaLALM:
         if not probes:
             raise ValueError("prepare needs at least one probe")
         history = tuple(history or ())
-        prompts = [self.prompt_text(probe, system=system, history=history) for probe in probes]
         history_clips = tuple(clip for turn in history for clip in turn.audio)
         clips = tuple(
             Path(clip) for probe in probes for clip in (*history_clips, *probe_audio(probe))
         )
+        if clips and self._transcriber is not None:
+            self._transcriber.prefetch(list(dict.fromkeys(clips)))
+        prompts = [self.prompt_text(probe, system=system, history=history) for probe in probes]
         if clips:
             self._clip_features(list(dict.fromkeys(clips)))
         encoded = self.tokenizer(

@@ -18,8 +18,9 @@ full-size copy is ever held twice; the LLM is kept in bf16, the audio path (enco
 connector, about 0.8B parameters) in float32 by default, as the release runs it.
 
 Prompts follow the release: the Llama-3.1 chat template, each clip written as "<start_audio>",
-64 x "<|reserved_special_token_87|>", the clip's transcript, "<end_audio>". Transcripts are
-read from the corpus manifest beside the audio when it records them, none otherwise.
+64 x "<|reserved_special_token_87|>", the clip's transcript, "<end_audio>". A clip's transcript
+is the corpus manifest's where it records one; otherwise the release's Whisper transcribes the
+clip as DeSTA2.5's own `generate` does (`sake.models.transcripts`).
 """
 
 from __future__ import annotations
@@ -49,6 +50,14 @@ from sake.models.modeling_desta import (
     desta25_connector_config,
     desta25_encoder_config,
 )
+from sake.models.transcripts import (
+    ManifestThenWhisper,
+    ManifestTranscriber,
+    Transcriber,
+    WhisperTranscriber,
+    check_transcript_source,
+    silero_speech_detector,
+)
 
 RELEASE_HUB_ID = "DeSTA-ntu/DeSTA2.5-Audio-Llama-3.1-8B"
 LLM_HUB_ID = "DeSTA-ntu/Llama-3.1-8B-Instruct"
@@ -56,7 +65,6 @@ ENCODER_HUB_ID = "openai/whisper-large-v3"
 AUDIO_PLACEHOLDER = "<|reserved_special_token_87|>"
 AUDIO_START, AUDIO_END = "<start_audio>", "<end_audio>"
 END_OF_TURN = "<|eot_id|>"
-MANIFEST_NAME = "manifest.json"
 
 # Where each checkpoint's tensor names go inside DestaForCausalLM, and the option naming it.
 SOURCE_PREFIXES = {"release": "", "encoder": "perception.whisper.", "llm": "llm_model."}
@@ -64,6 +72,7 @@ SOURCE_OPTIONS = {"release": "model.path", "encoder": "model.encoder_path", "llm
 UNUSED_PREFIXES = ("perception.whisper.model.decoder.", "perception.whisper.proj_out.")
 LLM_CONFIG_DROPPED = ("architectures", "transformers_version", "dtype", "torch_dtype")
 RELEASE_FILES = ("*.json", "*.safetensors", "*.bin")
+DEFAULT_TRANSCRIPT_CACHE = ".cache/sake/transcripts"
 
 
 # --------------------------------------------------------------------------- configuration
@@ -273,36 +282,6 @@ def single_device(device_map: str | Mapping[str, Any] | None) -> torch.device:
     return torch.device(device_map)
 
 
-class ManifestTranscriber:
-    """Transcripts from a corpus manifest (`manifest.json` at the audio root), "" when absent.
-
-    The manifest maps each clip's path relative to its directory to an entry with a
-    `transcript` (or to the transcript itself), as the synthetic corpus writes it.
-    """
-
-    def __init__(self, manifest_name: str = MANIFEST_NAME) -> None:
-        self.manifest_name = manifest_name
-        self._manifests: dict[Path, dict[str, Any] | None] = {}
-
-    def __call__(self, clip: Path) -> str:
-        path = Path(clip).resolve()
-        for root in path.parents:
-            manifest = self._manifest(root)
-            if manifest is not None:
-                entry = manifest.get(path.relative_to(root).as_posix())
-                text = entry.get("transcript") if isinstance(entry, Mapping) else entry
-                return " ".join(str(text or "").split())
-        return ""
-
-    def _manifest(self, directory: Path) -> dict[str, Any] | None:
-        if directory not in self._manifests:
-            path = directory / self.manifest_name
-            self._manifests[directory] = (
-                json.loads(path.read_text("utf-8")) if path.is_file() else None
-            )
-        return self._manifests[directory]
-
-
 def load_desta25(
     path: str | Path = RELEASE_HUB_ID,
     *,
@@ -311,7 +290,8 @@ def load_desta25(
     device_map: str | Mapping[str, Any] | None = "auto",
     dtype: str = "bfloat16",
     audio_dtype: str = "float32",
-    transcripts: bool = True,
+    transcripts: str = "whisper",
+    transcript_cache: str | Path = DEFAULT_TRANSCRIPT_CACHE,
     encoder: Mapping[str, Any] | None = None,
     connector: Mapping[str, Any] | None = None,
     name: str = "desta",
@@ -321,7 +301,10 @@ def load_desta25(
 
     `encoder` / `connector` override fields of the full-size sizes (for other releases);
     the LLM's sizes come from its config.json. A hub that does not answer within
-    `hub_timeout_s` is not waited for: only its local cache is read.
+    `hub_timeout_s` is not waited for: only its local cache is read. `transcripts`: `whisper`
+    (the manifest's transcript where it records one, else the release's own Whisper, as
+    DeSTA2.5 does; cached under `transcript_cache`), `manifest` (the manifest only, "" where
+    it records none) or `none`.
     """
     from transformers import AutoTokenizer
 
@@ -355,6 +338,36 @@ def load_desta25(
         tokenizer,
         device=device,
         name=name,
-        transcriber=ManifestTranscriber() if transcripts else None,
+        transcriber=desta25_transcriber(
+            transcripts, directories["encoder"], str(encoder_path), transcript_cache, device
+        ),
         end_of_turn=END_OF_TURN,
     )
+
+
+def desta25_transcriber(
+    source: str,
+    encoder_dir: Path,
+    encoder_name: str,
+    cache_dir: str | Path,
+    device: torch.device,
+) -> Transcriber | None:
+    """What fills each clip's transcript slot (see `load_desta25`).
+
+    The release's Whisper runs in float32, as DeSTA2.5 loads it; it is a second copy of the
+    encoder beside the one inside the model (about 6 GB in float32 for whisper-large-v3),
+    used only for clips not transcribed before.
+    """
+    if check_transcript_source(source) != "whisper":
+        return None if source == "none" else ManifestTranscriber()
+    from transformers import AutoProcessor, WhisperForConditionalGeneration
+
+    whisper = WhisperForConditionalGeneration.from_pretrained(str(encoder_dir)).to(device)
+    transcriber = WhisperTranscriber(
+        whisper,
+        AutoProcessor.from_pretrained(str(encoder_dir)),
+        detector=silero_speech_detector(),
+        cache_dir=cache_dir,
+        identity=encoder_name,
+    )
+    return ManifestThenWhisper(ManifestTranscriber(), transcriber)

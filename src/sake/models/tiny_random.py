@@ -33,11 +33,11 @@ from sake.models.desta25 import (
     AUDIO_PLACEHOLDER,
     AUDIO_START,
     END_OF_TURN,
-    ManifestTranscriber,
     desta25_config,
 )
 from sake.models.modeling_desta import DestaForCausalLM
 from sake.models.qwen2_audio import Qwen2AudioLALM
+from sake.models.transcripts import manifest_or_none
 
 M = TypeVar("M", bound=torch.nn.Module)
 
@@ -247,7 +247,7 @@ def build_desta_tiny_random(
     encoder: Mapping[str, Any],
     connector: Mapping[str, Any],
     llm: Mapping[str, Any],
-    transcripts: bool = True,
+    transcripts: str = "manifest",
     name: str = "desta_tiny_random",
     vocab_size: int = DEFAULT_VOCAB_SIZE,
 ) -> DestaLALM:
@@ -268,7 +268,7 @@ def build_desta_tiny_random(
         model,
         tokenizer,
         name=name,
-        transcriber=ManifestTranscriber() if transcripts else None,
+        transcriber=manifest_or_none(transcripts, name),
         end_of_turn=END_OF_TURN,
     )
 
