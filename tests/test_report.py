@@ -15,12 +15,15 @@ import pytest
 from fixtures_data import tiny_release
 from sake.data.schema import EditCase, ProbeKind
 from sake.evaluation.metrics import judge_probes, sequential_metrics, single_metrics
+from sake.evaluation.overfitting import overfitting_counts
 from sake.evaluation.probing import expected_answer
 from sake.evaluation.records import RECORDS_FILE
 from sake.evaluation.report import (
+    ENTANGLEMENT_TYPES,
     Estimate,
     Job,
     distinct_labels,
+    entanglement_points,
     portability_categories,
     publish_run_report,
     ranked_row,
@@ -175,7 +178,18 @@ def test_report_of_two_methods_and_a_sequential_run(tmp_path: Path):
     assert "| degenerate after edit | 21.1 [11.1, 36.3] | 0.0 [0.0, 11.7] |" in text
     assert "| rule: repeated_ngram | 8 | 0 | 0 |" in text
 
-    for name in ("main", "types", "portability", "degeneration", "sequential_reliability"):
+    names = (
+        "main",
+        "types",
+        "portability",
+        "degeneration",
+        "sequential_reliability",
+        "sequential_heatmap",
+        "generality3_locality2",
+        "entanglement",
+    )
+    assert "type_radar" not in report.figures  # two single-editing jobs make no polygon
+    for name in names:
         path = report.figures[name]
         assert path.parent == tmp_path and path.read_bytes()[:8] == PNG_MAGIC
         assert f"]({path.name})" in text
@@ -295,3 +309,33 @@ def test_an_offline_wandb_run_holds_summary_tables_figures_and_report(tmp_path: 
     assert {"single/reliability", "single/reliability/ci95_low", "report/main/nrows"} <= keys
     assert "report/figure/main/_type" in keys
     assert ProbeKind.PORTABILITY.value in {key.split("/")[1] for key in keys if "/" in key}
+
+
+def test_entanglement_points_pair_each_types_locality_with_its_entanglement():
+    broken = Job("FT (LLM)", single_records("ft_llm", ["edited"] * 3 + ["broken"]))
+    points = entanglement_points([broken])
+    counts = overfitting_counts(broken.records)
+    assert set(points) <= set(ENTANGLEMENT_TYPES) and points
+    for type_, by_job in points.items():
+        locality, entangled = by_job["FT (LLM)"]
+        assert locality == pytest.approx(
+            100 * broken.single[f"single/locality_audio/type{type_}"].value
+        )
+        overfit, failed = counts.get(type_, (0, 0))
+        assert (math.isnan(entangled) and failed == 0) or entangled == pytest.approx(
+            100 * overfit / failed
+        )
+
+
+def test_three_single_jobs_get_the_type_radar(tmp_path: Path):
+    jobs = [
+        Job(label, single_records(method, outcomes))
+        for label, method, outcomes in (
+            ("I-IKE", "i_ike", ["failed"] * 4),
+            ("FT (LLM)", "ft_llm", ["edited"] * 3 + ["broken"]),
+            ("FT (Audio)", "ft_audio", ["edited"] * 4),
+        )
+    ]
+    report = write_report(jobs, tmp_path, "three methods")
+    assert report.figures["type_radar"].read_bytes()[:8] == PNG_MAGIC
+    assert "](type_radar.png)" in report.path.read_text(encoding="utf-8")

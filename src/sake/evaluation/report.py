@@ -58,6 +58,10 @@ Table = tuple[list[str], list[list[Any]]]
 
 CONFIG_FILE = "config.yaml"
 Z_95 = 1.959963984540054
+# Audio-locality types whose probes the reference's entanglement scatter plots (type 3 asks
+# about a clip of the edited label, where the edit's answer is the right one).
+ENTANGLEMENT_TYPES = (1, 2, 4)
+RADAR_MIN_JOBS = 3  # fewer spokes make no polygon
 
 HEADLINE: tuple[tuple[str, str], ...] = (
     ("reliability", "Reliability"),
@@ -499,6 +503,8 @@ def _attribute_section(jobs: Sequence[Job], figures: Mapping[str, str]) -> str:
         ranked_table("metric", labels, attribute_rows(jobs, None)),
         _figure("generality and locality types", figures["types"]),
     ]
+    if "type_radar" in figures:
+        parts.append(_figure("type breakdown radar", figures["type_radar"]))
     for attribute in present:
         parts += [
             f"### {attribute}",
@@ -565,6 +571,9 @@ def _sequential_section(jobs: Sequence[Job], figures: Mapping[str, str]) -> str:
             ranked_table("gap", labels, sequential_rows(jobs, metric)),
             _figure(f"{title} by gap", figures[f"sequential_{metric}"]),
         ]
+    parts.append(
+        _figure("interference heatmap, every metric by gap", figures["sequential_heatmap"])
+    )
     return "\n\n".join(parts)
 
 
@@ -629,6 +638,20 @@ def _overfitting_section(jobs: Sequence[Job]) -> str:
     )
 
 
+def _analysis_section(figures: Mapping[str, str]) -> str:
+    return "\n\n".join(
+        [
+            "## Analyses of the SAKE paper",
+            "Generality type 3 (other clips of the edited label) against audio locality type 2 "
+            "(other clips of the original label), one point per job with the least-squares "
+            "line; and, per audio-locality type, its locality against its entanglement (the "
+            "share of its inconsistent probes answered with the edit's answer).",
+            _figure("generality type 3 vs audio locality type 2", figures["generality3_locality2"]),
+            _figure("audio-locality entanglement", figures["entanglement"]),
+        ]
+    )
+
+
 def _share_text(part: int, whole: int) -> str:
     return f"{100 * part / whole:.1f} ({part}/{whole})"
 
@@ -651,6 +674,7 @@ def render_markdown(title: str, jobs: Sequence[Job], figures: Mapping[str, str])
         if specificity:
             sections.append(specificity)
         sections.append(_overfitting_section(single))
+        sections.append(_analysis_section(figures))
     if sequential:
         sections.append(_sequential_section(sequential, figures))
     sections.append(_degeneration_section(jobs, figures))
@@ -681,11 +705,21 @@ def write_figures(jobs: Sequence[Job], directory: Path) -> dict[str, Path]:
             figures["portability"] = report_figures.portability_categories(
                 by_job, directory / "portability.png"
             )
+        figures.update(_analysis_figures(single, directory))
     for metric, title in HEADLINE if sequential else ():
         rows = sequential_rows(sequential, metric)
         series = dict(zip([job.label for job in sequential], _columns(rows), strict=True))
         figures[f"sequential_{metric}"] = report_figures.gap_lines(
             series, title, directory / f"sequential_{metric}.png"
+        )
+    if sequential:
+        figures["sequential_heatmap"] = report_figures.sequential_heatmap(
+            [job.label for job in sequential],
+            {
+                title: [row for _, row in sequential_rows(sequential, metric)]
+                for metric, title in HEADLINE
+            },
+            directory / "sequential_heatmap.png",
         )
     figures["degeneration"] = report_figures.grouped_bars(
         ["after edit", "before edit"],
@@ -694,6 +728,54 @@ def write_figures(jobs: Sequence[Job], directory: Path) -> dict[str, Path]:
         directory / "degeneration.png",
     )
     return figures
+
+
+def _analysis_figures(jobs: Sequence[Job], directory: Path) -> dict[str, Path]:
+    """The SAKE paper's analyses of single editing (`model_outputs/paper_utils/plot_scripts/`)."""
+    figures = {
+        "generality3_locality2": report_figures.trend_scatter(
+            {
+                job.label: (
+                    _percent_of(job.single.get("single/generality/type3")),
+                    _percent_of(job.single.get("single/locality_audio/type2")),
+                )
+                for job in jobs
+            },
+            ("Generality type 3 (%)", "Audio locality type 2 (%)"),
+            "Generality to other clips vs locality of the original label",
+            directory / "generality3_locality2.png",
+        ),
+        "entanglement": report_figures.entanglement_scatter(
+            entanglement_points(jobs), directory / "entanglement.png"
+        ),
+    }
+    if len(jobs) >= RADAR_MIN_JOBS:
+        figures["type_radar"] = report_figures.type_radar(
+            [job.label for job in jobs], attribute_rows(jobs, None), directory / "type_radar.png"
+        )
+    return figures
+
+
+def entanglement_points(jobs: Sequence[Job]) -> dict[int, dict[str, tuple[float, float]]]:
+    """Per audio-locality type the reference plots: job -> (locality, entanglement) in percent.
+
+    Entanglement is the share of the type's inconsistent probes answered with the edit's
+    answer; NaN where no probe of the type became inconsistent.
+    """
+    counts = {job.label: overfitting_counts(job.records) for job in jobs}
+    points: dict[int, dict[str, tuple[float, float]]] = {}
+    for type_ in ENTANGLEMENT_TYPES:
+        for job in jobs:
+            overfit, failed = counts[job.label].get(type_, (0, 0))
+            locality = _percent_of(job.single.get(f"single/locality_audio/type{type_}"))
+            if not math.isnan(locality):
+                entangled = 100 * overfit / failed if failed else math.nan
+                points.setdefault(type_, {})[job.label] = (locality, entangled)
+    return points
+
+
+def _percent_of(estimate: Estimate | None) -> float:
+    return math.nan if estimate is None else 100 * estimate.value
 
 
 def _columns(rows: Sequence[tuple[str, list[Estimate | None]]]) -> list[list[Estimate | None]]:
