@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import fields, replace
 from pathlib import Path
 
@@ -16,11 +17,17 @@ from sake.data.schema import Sequence as EditSequence
 from sake.evaluation.records import RECORDS_FILE, RecordWriter
 from sake.methods.base import Editor, build_editor
 from sake.methods.wise import (
+    Router,
+    SideMemory,
     WiseConfig,
     WiseEditor,
     activation_distance,
     decode_tensor,
+    early_stopped,
     encode_tensor,
+    last_pass_distance,
+    preservation_pools,
+    reference_penalty,
     ties_merge,
 )
 from sake.models.desta import DestaLALM
@@ -33,6 +40,8 @@ ROLE = "llm.layer[0].mlp.down_proj"
 
 def wise(**fields: object) -> WiseEditor:
     settings = {
+        "variant": "project",
+        "weight_decay": 0.0,
         "role": ROLE,
         "steps": 30,
         "norm_constraint": 0.5,
@@ -258,3 +267,103 @@ def test_config_is_exactly_the_dataclass(compose_cfg) -> None:
     assert isinstance(editor, WiseEditor) and editor.name == "wise"
     declared = {key for key in cfg.method if key != "_target_"}
     assert declared == {field.name for field in fields(WiseConfig)}
+
+
+# --------------------------------------------------------------------------- reference variant
+
+WISE_REFERENCE = json.loads(
+    (Path(__file__).parent / "data" / "wise_reference.json").read_text(encoding="utf-8")
+)
+
+
+def _tensor(values: list[float], shape: list[int]) -> torch.Tensor:
+    return torch.tensor(values).reshape(shape)
+
+
+def _reference_router(memory: SideMemory) -> Router:
+    layer = torch.nn.Linear(4, 6, bias=False)
+    layer.weight.data = _tensor(WISE_REFERENCE["original"], [6, 4])
+    return Router(layer, torch.nn.Identity(), lambda: [memory], WISE_REFERENCE["act_ratio"])
+
+
+def test_reference_threshold_is_measured_on_the_last_pass_without_its_last_row() -> None:
+    fixture = WISE_REFERENCE
+    original = _tensor(fixture["original"], [6, 4])
+    side = _tensor(fixture["side"], [6, 4])
+    batch = _tensor(fixture["threshold_batch"], fixture["threshold_batch_shape"])
+    assert last_pass_distance(batch, side, original) == pytest.approx(fixture["min_distance"], 1e-4)
+    assert math.isnan(last_pass_distance(batch[:1], side, original))
+
+
+@pytest.mark.parametrize("name", sorted(WISE_REFERENCE["routes"]))
+def test_reference_routing_matches_the_reference_code(name: str) -> None:
+    """Short prompts by their mean token distance, longer than 100 tokens by the largest, and a
+    generated token by its own: the side memory answers from the threshold on."""
+    fixture = WISE_REFERENCE
+    side = _tensor(fixture["side"], [6, 4])
+    memory = SideMemory(
+        side, torch.ones(6, 4, dtype=torch.bool), min_distance=fixture["min_distance"]
+    )
+    router = _reference_router(memory)
+    route = fixture["routes"][name]
+    inputs = _tensor(route["input"], route["shape"])
+    distance = router.distance(inputs, side, router.projection.weight.detach(), None)
+    assert float(distance) == pytest.approx(route["distance"], rel=1e-4, abs=1e-5)
+    assert router.choose(inputs, [memory]).tolist() == [0 if route["side"] else -1]
+
+
+def test_reference_penalty_and_stop_rule_match_the_reference_code() -> None:
+    fixture = WISE_REFERENCE
+    config = WiseConfig(
+        name="wise", alpha=fixture["alpha"], beta=fixture["beta"], gamma=fixture["gamma"]
+    )
+    penalty = fixture["penalty"]
+    value = reference_penalty(
+        torch.tensor(penalty["edit"]).mean(),
+        [torch.tensor(penalty["text"]).mean(), torch.tensor(penalty["audio"]).mean()],
+        config,
+    )
+    assert float(value) == pytest.approx(penalty["value"], 1e-5)
+    previous, latest, decisions = 0.0, math.inf, []
+    for loss in fixture["stop"]["losses"]:
+        decisions.append(early_stopped(previous, latest, config))
+        previous, latest = latest, loss
+    assert decisions == fixture["stop"]["stop_before_step"]
+
+
+def test_reference_variant_edits_and_routes_every_generated_token(
+    lalm: DestaLALM, release: SakeRelease, case: EditCase
+) -> None:
+    editor = prepared(lalm, release, variant="reference", weight_decay=1e-5, lr=1.0)
+    before = parameters(lalm)
+    try:
+        outcome = editor.apply(lalm, case)
+        memory = editor.state.active
+        assert outcome.steps >= 1 and math.isfinite(memory.min_distance)
+        assert editor.extras["routing/threshold"] == pytest.approx(memory.min_distance * 0.88)
+        routes = []
+        router = editor.state.router
+        handle = router.projection.register_forward_hook(
+            lambda module, args, output: routes.append(router.last_routes.tolist())
+        )
+        try:
+            lalm.generate(lalm.prepare([case.reliability]), 3)
+        finally:
+            handle.remove()
+        assert len(routes) >= 2  # the prompt, then each generated token decides again
+    finally:
+        editor.state.reset()
+    assert_unchanged(lalm, before)
+    assert no_hooks(lalm)
+
+
+def test_preservation_leaves_out_the_edited_attribute(release: SakeRelease, case: EditCase) -> None:
+    text, audio = preservation_pools(release.splits["train"])
+    assert text and all(probe.audio_path is None for probe in text)
+    assert case.attribute in audio
+    editor = wise(variant="reference", text_preservation=3, audio_preservation=50)
+    editor._text_pool, editor._audio_pools = text, audio
+    chosen_text, chosen_audio = editor._preservation(case)
+    own = set(map(id, audio[case.attribute]))
+    assert len(chosen_text) == min(3, len(text))
+    assert chosen_audio and not own & set(map(id, chosen_audio))

@@ -1,36 +1,49 @@
 """WISE: edits written into a side memory of one MLP projection, used only when routed to.
 
 The side memory is a trainable copy of the projection's weight (`role`, e.g.
-`llm.layer[-2].mlp.down_proj`); the model's own weights never change. Per edit, SGD steps on
-the side memory minimise
+`llm.layer[-2].mlp.down_proj`); the model's own weights never change. Per edit, masked SGD
+(gradients reach a random `mask_ratio` of the weights, one mask per memory) with weight decay
+trains the side memory, and after each step it is clamped element-wise to within
+`norm_constraint` of the original weight. Two formulations, chosen by `variant`:
 
-    NLL(y_e | edit prompt, side memory in use)
-      + mean_o relu(d_o - alpha) + relu(beta - d_e) + mean_o relu(gamma - (d_e - d_o))
+`reference` (the default) is WISE as SAKE ran it (`unke_wise/editing_method/algo/wise/WISE.py`,
+`WISEMultimodal`, without retrieval or replay). The activation distance of a token is
+||silu(x W_side^T) - silu(x W^T)||, the change the side memory makes to the SiLU of the
+projection's output (SiLU is the backbone's activation, which the reference applies); a batch's
+distance is the mean over all its positions, padding included. The loss is
 
-where d(x) is the activation distance of an input: the mean over its real (unpadded) tokens of
-|x_t (W_side - W)^T|, the change the side memory makes to the projection's output; d_e is that
-of the edit prompt and d_o of out-of-scope preservation prompts from the training split. So
-alpha bounds the out-of-scope distance (the locality regularizer of λ-sweeps), beta sets a
-minimum in-scope distance and gamma a margin between them; all three are in units of the
-projection's output norm. Gradients are masked to a random subset of the weights (`mask_ratio`,
-one mask per memory shard) and after each step the side memory is clamped element-wise to
-within `norm_constraint` of the original weight.
+    NLL(answer + end token | edit prompt) + relu(beta - d_e)
+      + sum over the text and the audio preservation batches b of
+        relu(d_b - alpha) + relu(d_b - d_e + gamma)
 
-At inference a per-sample router computes each input's distance for every side memory on the
-prompt and sends the sample to the memory with the largest distance among those whose distance
-exceeds their stored in-scope minimum (the smallest d_e of their edits) times `act_ratio`;
-otherwise the original weight answers. The decision made on the prompt holds for the tokens
-generated after it. Padding is told apart by the decoder's own attention mask, read by a
-forward pre-hook on the module that owns the decoder layers.
+with d_e measured on the edit prompt and its answer. Training stops when the loss of the last
+step is at most `stop_loss` and changed by at most `stop_delta` since the step before, or after
+`steps` steps. The routing threshold is measured on the last forward pass of training, which is
+the audio preservation batch (without its last row), not the edit: the memory keeps the
+smallest such distance over its edits, times `act_ratio`. At inference every forward call of
+the projection routes on its own: the whole prompt by its mean token distance, or by its
+largest when it is longer than 100 tokens, and then every generated token by its own distance;
+the side memory answers when the distance reaches the threshold.
 
-Sequential editing accumulates edits in the side memory: the in-scope terms (beta, gamma) are
-applied to every edit prompt the memory already holds, so that a new edit does not stop the
-earlier ones being routed to it, and the memory's threshold is re-measured on all of them after
-each edit. With `shard_size` set, a memory that
+`project` is the formulation this project prefers. The distance is |x (W_side - W)^T| averaged
+over real tokens only; the loss is
+
+    NLL(answer | edit prompt) + relu(beta - d_e) + mean_o relu(d_o - alpha)
+      + mean_o relu(gamma - (d_e - d_o))
+
+over the preservation prompts o, with every earlier edit of the memory kept in scope; training
+stops at a loss below `stop_loss`; the threshold is the smallest distance of the memory's own
+edit prompts, re-measured after each edit; and the router decides once per prompt, on real
+tokens, and holds that decision for the generated tokens. With `shard_size` set, a memory that
 holds that many edits is frozen and a fresh one (with a fresh mask) takes the next edits; with
 `merge: ties` the frozen shards are merged into one memory by TIES (trim to the largest
 `merge_density` of each shard's change, elect the sign per element, average the agreeing
-values).
+values). In both, a router may hold several memories and sends each sample to the eligible one
+with the largest distance.
+
+Preservation prompts come from the training split: `text_preservation` text-only probes and
+`audio_preservation` audio probes about the other attributes (the reference draws 10 and 10 from
+a separate preservation set that likewise leaves out the edited attribute).
 
 Undoing is removing the router: `state.reset()` drops the memories and the hooks, and the
 model is exactly the original (no weight was written).
@@ -50,14 +63,16 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional
 
-from sake.data.schema import EditCase, Probe
-from sake.methods.base import EditorState, EditOutcome, QueryContext
+from sake.data.schema import EditCase, Probe, ProbeKind
+from sake.methods.base import EditorState, EditOutcome, QueryContext, check_choice
 from sake.methods.hooks import ModuleRecorder, run_recording
-from sake.methods.stats import balanced_sample, case_rng, preservation_probes
+from sake.methods.stats import case_rng
 from sake.models.base import LALM, Batch
 from sake.utils.params import trainable_only
 
 MERGES: tuple[str, ...] = ("ties",)
+VARIANTS: tuple[str, ...] = ("reference", "project")
+LONG_PROMPT_TOKENS = 100  # the reference routes longer inputs by their largest token distance
 
 
 @dataclass(frozen=True)
@@ -65,25 +80,36 @@ class WiseConfig:
     """Hyperparameters of WISE; exactly the fields of `configs/method/wise.yaml`."""
 
     name: str
+    variant: str = "reference"
     role: str = "llm.layer[-2].mlp.down_proj"
     lr: float = 1.0
+    weight_decay: float = 1.0e-5
     steps: int = 60
-    stop_loss: float = 0.01
+    stop_loss: float = 0.02
+    stop_delta: float = 1.0e-4
     mask_ratio: float = 0.2
     norm_constraint: float = 0.1
     alpha: float = 1.5
     beta: float = 10.0
     gamma: float = 6.0
     act_ratio: float = 0.7
-    preservation_probes: int = 4
+    text_preservation: int = 10
+    audio_preservation: int = 10
+    target_prefix: str = ""
     shard_size: int | None = None
     merge: str | None = None
     merge_density: float = 0.5
     seed: int = 0
 
     def __post_init__(self) -> None:
+        check_choice(self.name, "variant", self.variant, VARIANTS)
         if self.steps < 1 or self.lr <= 0:
             raise ValueError(f"{self.name}: steps must be >= 1 and lr positive")
+        if self.variant == "reference" and self.shard_size is not None:
+            raise ValueError(
+                f"{self.name}: the reference variant keeps one side memory; shard_size and "
+                "merge belong to variant=project"
+            )
         if not 0 < self.mask_ratio <= 1 or not 0 < self.merge_density <= 1:
             raise ValueError(f"{self.name}: mask_ratio and merge_density must lie in (0, 1]")
         if self.shard_size is not None and self.shard_size < 1:
@@ -137,7 +163,7 @@ class SideMemory:
             "weight": encode_tensor(self.weight),
             "mask": encode_tensor(self.mask),
             "edit_inputs": [a.to_dict() for a in self.edit_inputs],
-            "min_distance": self.min_distance,
+            "min_distance": self.min_distance if math.isfinite(self.min_distance) else None,
         }
 
     @classmethod
@@ -146,7 +172,7 @@ class SideMemory:
             decode_tensor(data["weight"]),
             decode_tensor(data["mask"]),
             [Activations.from_dict(a) for a in data["edit_inputs"]],
-            float(data["min_distance"]),
+            math.inf if data["min_distance"] is None else float(data["min_distance"]),
         )
 
 
@@ -176,6 +202,24 @@ def activation_distance(inputs: Tensor, change: Tensor, real: Tensor | None) -> 
     return (per_token * real).sum(dim=-1) / real.sum(dim=-1).clamp_min(1)
 
 
+def output_distance(inputs: Tensor, side: Tensor, original: Tensor) -> Tensor:
+    """(batch, seq) per token ||silu(x side^T) - silu(x original^T)||: the reference's distance."""
+    x = inputs.float()
+    edited = functional.silu(functional.linear(x, side.float()))
+    return (edited - functional.silu(functional.linear(x, original.float()))).norm(dim=-1)
+
+
+def routing_distance(per_token: Tensor, real: Tensor | None) -> Tensor:
+    """(batch,) the reference's routing distance of each row over its real tokens: the mean,
+    or the largest token distance when the row holds more than `LONG_PROMPT_TOKENS` tokens."""
+    if real is None:
+        real = torch.ones_like(per_token, dtype=torch.bool)
+    counts = real.sum(dim=-1)
+    mean = (per_token * real).sum(dim=-1) / counts.clamp_min(1)
+    peak = per_token.masked_fill(~real, -math.inf).max(dim=-1).values
+    return torch.where(counts > LONG_PROMPT_TOKENS, peak, mean)
+
+
 def ties_merge(base: Tensor, weights: Sequence[Tensor], density: float) -> Tensor:
     """TIES merging of the changes `weights - base`: trim, elect sign, disjoint mean."""
     changes = torch.stack([w.float() - base.float() for w in weights])
@@ -198,11 +242,13 @@ class Router:
         decoder: nn.Module,
         memories: Callable[[], list[SideMemory]],
         act_ratio: float,
+        variant: str = "reference",
     ) -> None:
         self.projection = projection
         self.decoder = decoder
         self.memories = memories
         self.act_ratio = act_ratio
+        self.variant = variant
         self.training_weight: Tensor | None = None
         self.last_routes: Tensor | None = None
         self._mask: Tensor | None = None
@@ -246,7 +292,8 @@ class Router:
         if not memories:
             return output
         continuing = (
-            inputs.shape[1] == 1
+            self.variant == "project"
+            and inputs.shape[1] == 1
             and self.last_routes is not None
             and len(self.last_routes) == inputs.shape[0]
         )
@@ -266,13 +313,24 @@ class Router:
         original = self.projection.weight
         with torch.no_grad():
             distances = torch.stack(
-                [activation_distance(inputs, m.weight - original, real) for m in memories]
+                [self.distance(inputs, m.weight, original, real) for m in memories]
             )
         thresholds = torch.tensor([m.min_distance * self.act_ratio for m in memories])
-        eligible = distances > thresholds.to(distances.device)[:, None]
+        thresholds = thresholds.to(distances.device)[:, None]
+        eligible = (
+            distances >= thresholds if self.variant == "reference" else distances > thresholds
+        )
         scored = torch.where(eligible, distances, torch.full_like(distances, -math.inf))
         best = scored.argmax(dim=0)
         return torch.where(eligible.any(dim=0), best, torch.full_like(best, -1))
+
+    def distance(
+        self, inputs: Tensor, side: Tensor, original: Tensor, real: Tensor | None
+    ) -> Tensor:
+        """(batch,) how far the side memory moves each row, in the variant's own measure."""
+        if self.variant == "reference":
+            return routing_distance(output_distance(inputs, side, original), real)
+        return activation_distance(inputs, side - original, real)
 
 
 @dataclass
@@ -327,33 +385,34 @@ class WiseEditor:
         self.name = config.name
         self.state = WiseState()
         self.extras: dict[str, float] = {}
-        self._pool: list[Probe] = []
+        self._text_pool: list[Probe] = []
+        self._audio_pools: dict[str, list[Probe]] = {}
         self._projection: nn.Linear | None = None
 
-    @property
-    def preservation_pool(self) -> list[Probe]:
-        """The training-split probes preservation prompts are drawn from."""
-        return list(self._pool)
-
     def prepare(self, lalm: LALM, train_cases: Sequence[EditCase]) -> None:
-        """Bind the router to the projection and the decoder; pool the out-of-scope probes."""
+        """Bind the router to the projection and the decoder; pool the preservation probes."""
         projection = lalm.modules.resolve(self.config.role).module
         if not isinstance(projection, nn.Linear):
             raise TypeError(
                 f"{self.name}: role {self.config.role!r} is a {type(projection).__name__}; "
                 "WISE keeps a side memory of a linear projection"
             )
-        self._pool = preservation_probes(train_cases)
-        if self.config.preservation_probes and not self._pool:
+        self._text_pool, self._audio_pools = preservation_pools(train_cases)
+        wanted = self.config.text_preservation + self.config.audio_preservation
+        if wanted and not (self._text_pool or self._audio_pools):
             raise ValueError(
-                f"{self.name} draws out-of-scope prompts from the training split, but the "
+                f"{self.name} draws preservation prompts from the training split, but the "
                 "dataset has no training cases; use a dataset with a train split"
             )
         if self.state.router is not None:
             self.state.router.remove()
         self._projection = projection
         self.state.router = Router(
-            projection, decoder_of(lalm), self.state.memories, self.config.act_ratio
+            projection,
+            decoder_of(lalm),
+            self.state.memories,
+            self.config.act_ratio,
+            self.config.variant,
         )
         self.state.sync_router()
 
@@ -362,8 +421,11 @@ class WiseEditor:
         if self._projection is None or self.state.router is None:
             raise RuntimeError(f"{self.name}: call prepare() before apply()")
         memory = self.state.active or self._fresh_memory()
-        steps, final_loss, distances = self._train(lalm, case, memory)
-        memory.update_threshold(self._projection.weight.detach())
+        if self.config.variant == "reference":
+            steps, final_loss, distances = self._train_reference(lalm, case, memory)
+        else:
+            steps, final_loss, distances = self._train(lalm, case, memory)
+            memory.update_threshold(self._projection.weight.detach())
         self.state.active = memory
         self._close_full_shard()
         self.state.record(case)
@@ -372,6 +434,8 @@ class WiseEditor:
             "distance/in_scope": distances["in_scope"],
             "regularizer/mean": distances["out_of_scope"],
         }
+        if math.isfinite(memory.min_distance):
+            self.extras["routing/threshold"] = memory.min_distance * self.config.act_ratio
         return EditOutcome(None, steps, final_loss, perf_counter() - start)
 
     def _fresh_memory(self) -> SideMemory:
@@ -414,13 +478,15 @@ class WiseEditor:
         assert self._projection is not None and self.state.router is not None
         router = self.state.router
         batch = lalm.prepare([case.reliability])
-        target = [case.reliability.answer]
+        target = [self.config.target_prefix + case.reliability.answer]
         current = self._projection_inputs(lalm, batch)
         in_scope = [current, *memory.edit_inputs]
         out_of_scope = self._out_of_scope_inputs(lalm, case)
         original = self._projection.weight.detach()
         side = memory.weight.clone().requires_grad_(True)
-        optimizer = torch.optim.SGD([side], lr=self.config.lr)
+        optimizer = torch.optim.SGD(
+            [side], lr=self.config.lr, weight_decay=self.config.weight_decay
+        )
         mask = memory.mask.to(side.dtype)
         low, high = original - self.config.norm_constraint, original + self.config.norm_constraint
         router.install()
@@ -477,14 +543,149 @@ class WiseEditor:
         return Activations(recorder.last.hidden_states, batch.attention_mask.bool())
 
     def _out_of_scope_inputs(self, lalm: LALM, case: EditCase) -> Activations | None:
-        if not self.config.preservation_probes:
+        text, audio = self._preservation(case)
+        if not text and not audio:
             return None
+        return self._projection_inputs(lalm, lalm.prepare([*text, *audio]))
+
+    def _preservation(self, case: EditCase) -> tuple[list[Probe], list[Probe]]:
+        """The case's text and audio preservation prompts, the same whatever the edit order."""
         rng = case_rng(self.config.seed, case.case_id)
-        probes = balanced_sample(self._pool, self.config.preservation_probes, rng)
-        return self._projection_inputs(lalm, lalm.prepare(probes))
+        audio_pool = [
+            p for a, pool in self._audio_pools.items() if a != case.attribute for p in pool
+        ]
+        return (
+            _sample(self._text_pool, self.config.text_preservation, rng),
+            _sample(audio_pool, self.config.audio_preservation, rng),
+        )
+
+    # ------------------------------------------------------------------ reference variant
+
+    def _train_reference(
+        self, lalm: LALM, case: EditCase, memory: SideMemory
+    ) -> tuple[int, float, dict[str, float]]:
+        """The reference's training loop (module docstring); lowers the memory's threshold to
+        the distance of the last forward pass when that pass had more than one row."""
+        assert self._projection is not None and self.state.router is not None
+        c = self.config
+        router = self.state.router
+        batch = lalm.prepare([case.reliability])
+        target = [c.target_prefix + case.reliability.answer]
+        edit_inputs = self._teacher_forced_inputs(lalm, batch, target)
+        text, audio = (
+            self._projection_inputs(lalm, lalm.prepare(probes)).inputs if probes else None
+            for probes in self._preservation(case)
+        )
+        preservation = [inputs for inputs in (text, audio) if inputs is not None]
+        last_pass = preservation[-1] if preservation else edit_inputs
+        original = self._projection.weight.detach()
+        side = memory.weight.clone().requires_grad_(True)
+        optimizer = torch.optim.SGD([side], lr=c.lr, weight_decay=c.weight_decay)
+        mask = memory.mask.to(side.dtype)
+        low, high = original - c.norm_constraint, original + c.norm_constraint
+        previous, latest = 0.0, math.inf
+        threshold = math.nan
+        steps = 0
+        router.install()
+        router.training_weight = side
+        try:
+            with trainable_only(lalm.model, {}), torch.enable_grad():
+                for step in range(c.steps):
+                    nll = lalm.target_nll(batch, target, include_end=True).mean()
+                    penalty = reference_penalty(
+                        output_distance(edit_inputs, side, original).mean(),
+                        [output_distance(x, side, original).mean() for x in preservation],
+                        c,
+                    )
+                    loss = nll + penalty
+                    if early_stopped(previous, latest, c):
+                        threshold = last_pass_distance(last_pass, side, original)
+                        break
+                    if step == c.steps - 1:
+                        threshold = last_pass_distance(last_pass, side, original)
+                    optimizer.zero_grad(set_to_none=True)
+                    loss.backward()
+                    side.grad.mul_(mask)
+                    optimizer.step()
+                    steps += 1
+                    previous, latest = latest, float(loss.detach())
+                    with torch.no_grad():
+                        side.copy_(torch.maximum(torch.minimum(side, high), low))
+        finally:
+            router.training_weight = None
+        memory.weight = side.detach()
+        if not math.isnan(threshold):
+            memory.min_distance = min(memory.min_distance, threshold)
+        with torch.no_grad():
+            kept = [float(output_distance(x, memory.weight, original).mean()) for x in preservation]
+            distances = {
+                "in_scope": float(output_distance(edit_inputs, memory.weight, original).mean()),
+                "out_of_scope": float(np.mean(kept)) if kept else 0.0,
+            }
+        return steps, float(nll.detach()), distances
+
+    def _teacher_forced_inputs(self, lalm: LALM, batch: Batch, target: list[str]) -> Tensor:
+        """The projection's inputs on the edit prompt followed by its answer and end token."""
+        assert self._projection is not None
+        recorder = ModuleRecorder(self._projection, stop=True)
+        run_recording(lambda: lalm.target_nll(batch, target, include_end=True), recorder)
+        return recorder.last.hidden_states
 
     def context(self) -> QueryContext:
         return QueryContext()
+
+
+def reference_penalty(d_edit: Tensor, d_kept: Sequence[Tensor], config: WiseConfig) -> Tensor:
+    """relu(beta - d_e) + the sum over preservation batches b of relu(d_b - alpha) and
+    relu(d_b - d_e + gamma), as the reference's `_compute_activation_penalty`."""
+    penalty = torch.relu(config.beta - d_edit)
+    for distance in d_kept:
+        penalty = penalty + torch.relu(distance - config.alpha)
+        penalty = penalty + torch.relu(distance - d_edit + config.gamma)
+    return penalty
+
+
+def early_stopped(previous: float, latest: float, config: WiseConfig) -> bool:
+    """The reference's stop rule, read before a step: the last loss is small and settled."""
+    return abs(latest - previous) <= config.stop_delta and latest <= config.stop_loss
+
+
+def last_pass_distance(inputs: Tensor, side: Tensor, original: Tensor) -> float:
+    """The reference's threshold measurement: the mean distance of the last batch without its
+    last row (NaN when that leaves nothing, which leaves the threshold where it was)."""
+    rows = inputs[:-1]
+    if rows.shape[0] == 0:
+        return math.nan
+    with torch.no_grad():
+        return float(output_distance(rows, side, original).mean())
+
+
+def preservation_pools(
+    train_cases: Sequence[EditCase],
+) -> tuple[list[Probe], dict[str, list[Probe]]]:
+    """Distinct text-only probes, and per attribute the distinct audio probes that ask about it
+    (its cases' reliability and generality probes), of the training split."""
+    text: dict[str, Probe] = {}
+    audio: dict[str, dict[tuple[str, str], Probe]] = {}
+    for case in train_cases:
+        for probe in case.probes():
+            if probe.audio_path is None:
+                text.setdefault(probe.question, probe)
+            elif probe.kind in (ProbeKind.RELIABILITY, ProbeKind.GENERALITY):
+                key = (probe.question, str(probe.audio_path))
+                audio.setdefault(case.attribute, {}).setdefault(key, probe)
+    return (
+        [text[key] for key in sorted(text)],
+        {
+            attribute: [found[k] for k in sorted(found)]
+            for attribute, found in sorted(audio.items())
+        },
+    )
+
+
+def _sample(pool: Sequence[Probe], size: int, rng: np.random.Generator) -> list[Probe]:
+    count = min(size, len(pool))
+    return [pool[i] for i in rng.choice(len(pool), count, replace=False)] if count else []
 
 
 def decoder_of(lalm: LALM) -> nn.Module:
