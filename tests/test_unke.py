@@ -23,8 +23,7 @@ from sake.methods.hooks import (
     run_recording,
     shifted_output,
 )
-from sake.methods.stats import balanced_sample, case_rng
-from sake.methods.unke import UnkeConfig, UnkeEditor, layer_inputs
+from sake.methods.unke import UnkeConfig, UnkeEditor, adamw_groups, layer_inputs, plain_mse
 from sake.models.desta import DestaLALM
 from sake.runner import EditRunner, EvalSettings, PreEditCache
 
@@ -125,26 +124,28 @@ def test_output_shift_lowers_the_target_loss_within_its_norm_bound(
 
 
 def preservation_drift(lalm: DestaLALM, case: EditCase, editor: UnkeEditor) -> float:
-    """Relative change of the layer's outputs on the edit's preservation prompts."""
+    """Relative change of the layer's outputs on the edit's preservation prompts, averaged over
+    the text and the audio batch (the project's preservation term)."""
     layer = lalm.modules.resolve(LAYER).module
-    pool = editor.preservation_pool
-    probes = balanced_sample(pool, editor.config.preservation_probes, case_rng(0, case.case_id))
-    assert {p.audio_path is None for p in probes} == {True, False}
-    batch = lalm.prepare(probes)
-    before = layer_inputs(lalm, batch, layer)
+    text, audio = editor._preservation(case)
+    assert text and audio and all(p.audio_path is None for p in text)
+    batches = [lalm.prepare(probes) for probes in (text, audio)]
+    before = [layer_inputs(lalm, batch, layer) for batch in batches]
     outcome = editor.apply(lalm, case)
-    after = layer_inputs(lalm, batch, layer)
+    after = [layer_inputs(lalm, batch, layer) for batch in batches]
     outcome.snapshot.restore()
-    real = before.real
-    change = (after.output - before.output)[real].pow(2).mean() / before.output[real].pow(2).mean()
-    return float(change)
+    changes = [
+        (a.output - b.output)[b.real].pow(2).mean() / b.output[b.real].pow(2).mean()
+        for a, b in zip(after, before, strict=True)
+    ]
+    return float(sum(changes) / len(changes))
 
 
 def test_stage_two_keeps_preservation_outputs(
     lalm: DestaLALM, release: SakeRelease, case: EditCase
 ) -> None:
-    kept = unke(preservation_weight=100.0, layer_lr=3e-3)
-    free = unke(preservation_weight=0.0, layer_lr=3e-3)
+    kept = unke(preservation_weight=100.0, layer_lr=3e-3, layer_loss="project")
+    free = unke(preservation_weight=0.0, layer_lr=3e-3, layer_loss="project")
     for editor in (kept, free):
         editor.prepare(lalm, release.splits["train"])
     kept_drift = preservation_drift(lalm, case, kept)
@@ -176,13 +177,13 @@ def test_edit_trains_only_the_layer_and_restores_bit_exactly(
 def test_preservation_needs_a_training_split(lalm: DestaLALM) -> None:
     with pytest.raises(ValueError, match="train split"):
         unke().prepare(lalm, [])
-    unke(preservation_probes=0).prepare(lalm, [])
+    unke(text_preservation=0, audio_preservation=0).prepare(lalm, [])
 
 
 @pytest.mark.parametrize("role", ["connector", "audio_encoder"])
 def test_roles_in_the_audio_path_are_refused(lalm: DestaLALM, role: str) -> None:
     with pytest.raises(ValueError, match="audio path"):
-        unke(role=role, preservation_probes=0).prepare(lalm, [])
+        unke(role=role, text_preservation=0, audio_preservation=0).prepare(lalm, [])
 
 
 def test_single_and_sequential_editing_through_the_runner(
@@ -217,3 +218,38 @@ def test_config_is_exactly_the_dataclass(compose_cfg) -> None:
     assert isinstance(editor, UnkeEditor) and editor.name == "unke"
     declared = {key for key in cfg.method if key != "_target_"}
     assert declared == {field.name for field in fields(UnkeConfig)}
+
+
+def test_reference_layer_loss_is_a_plain_mean_squared_error(
+    lalm: DestaLALM, case: EditCase
+) -> None:
+    layer = lalm.modules.resolve(LAYER).module
+    recorded = layer_inputs(lalm, lalm.prepare([case.reliability, case.locality_text[0]]), layer)
+    with torch.no_grad():
+        assert float(plain_mse(layer, recorded)) == 0.0
+        wanted = recorded.output.clone()
+        wanted[0, -1] += 2.0
+        expected = 4.0 * wanted.shape[-1] / wanted.numel()
+        assert float(plain_mse(layer, recorded, wanted)) == pytest.approx(expected, rel=1e-4)
+
+
+def test_norm_weights_get_no_weight_decay(lalm: DestaLALM) -> None:
+    parameters = lalm.modules.parameters(LAYER)
+    decayed, undecayed = adamw_groups(parameters, 0.01)
+    assert decayed["weight_decay"] == 0.01 and undecayed["weight_decay"] == 0.0
+    names = {id(p): n for n, p in parameters.items()}
+    assert all("norm" in names[id(p)] for p in undecayed["params"]) and undecayed["params"]
+    assert len(decayed["params"]) + len(undecayed["params"]) == len(parameters)
+
+
+def test_reference_stage_one_takes_all_its_updates(
+    lalm: DestaLALM, release: SakeRelease, case: EditCase
+) -> None:
+    editor = unke(delta_steps=24, layer_steps=2, text_preservation=2, audio_preservation=1)
+    editor.prepare(lalm, release.splits["train"])
+    outcome = editor.apply(lalm, case)
+    try:
+        assert outcome.steps == 24 + 2  # no early stop in stage 1 (delta_stop_loss 0)
+        assert editor.extras["regularizer/mean"] >= 0
+    finally:
+        outcome.snapshot.restore()

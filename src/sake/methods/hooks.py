@@ -203,6 +203,7 @@ class ShiftSettings:
     clamp: float
     weight_decay: float
     stop_loss: float
+    decay_power: int = 2  # the decay is weight_decay * |shift|^power / |h|^2
 
 
 @dataclass(frozen=True)
@@ -230,7 +231,8 @@ def fit_output_shift(
     """The shift of `module`'s output at the prompt token `offset` before the prompt's end
     that makes the one-row `batch` answer `target`.
 
-    Adam minimises the target's teacher-forced NLL plus `weight_decay * |shift|^2 / |h|^2`;
+    Adam minimises the target's teacher-forced NLL plus `weight_decay * |shift|^p / |h|^2`
+    (p = `decay_power`; ROME's and UnKE's own code use p = 1);
     after every step the shift is projected back to norm at most `clamp * |h|`, h being the
     unshifted hidden state. Every model weight stays frozen.
     """
@@ -252,7 +254,7 @@ def fit_output_shift(
             if float(nll.detach()) < settings.stop_loss or steps == settings.steps:
                 break
             scale = original.norm().clamp_min(1e-6)
-            loss = nll + settings.weight_decay * (shift.norm() / scale) ** 2
+            loss = nll + settings.weight_decay * shift.norm() ** settings.decay_power / scale**2
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()

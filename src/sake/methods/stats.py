@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from sake.data.schema import EditCase, Probe
+from sake.data.schema import EditCase, Probe, ProbeKind
 from sake.methods.hooks import ModuleRecorder, run_recording
 from sake.models.base import LALM
 
@@ -54,6 +54,35 @@ def balanced_sample(probes: Sequence[Probe], size: int, rng: np.random.Generator
         text[i] for i in rng.choice(len(text), n_text, replace=False)
     ]
     return chosen
+
+
+def preservation_pools(
+    train_cases: Sequence[EditCase],
+) -> tuple[list[Probe], dict[str, list[Probe]]]:
+    """Distinct text-only probes, and per attribute the distinct audio probes that ask about it
+    (its cases' reliability and generality probes), of the training split."""
+    text: dict[str, Probe] = {}
+    audio: dict[str, dict[tuple[str, str], Probe]] = {}
+    for case in train_cases:
+        for probe in case.probes():
+            if probe.audio_path is None:
+                text.setdefault(probe.question, probe)
+            elif probe.kind in (ProbeKind.RELIABILITY, ProbeKind.GENERALITY):
+                key = (probe.question, str(probe.audio_path))
+                audio.setdefault(case.attribute, {}).setdefault(key, probe)
+    return (
+        [text[key] for key in sorted(text)],
+        {
+            attribute: [found[k] for k in sorted(found)]
+            for attribute, found in sorted(audio.items())
+        },
+    )
+
+
+def sample_probes(pool: Sequence[Probe], size: int, rng: np.random.Generator) -> list[Probe]:
+    """`size` probes of `pool` without replacement (all of them when it is smaller)."""
+    count = min(size, len(pool))
+    return [pool[i] for i in rng.choice(len(pool), count, replace=False)] if count else []
 
 
 def case_rng(seed: int, case_id: str) -> np.random.Generator:

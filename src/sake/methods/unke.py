@@ -1,21 +1,32 @@
 """UnKE: an output shift of one decoder layer, then that whole layer trained to produce it.
 
-Stage 1 finds the residual delta that, added to the chosen layer's output at the last token of
-the edit question (the audio in context), makes the model answer y_e: Adam on delta alone,
-its norm clamped relative to the original hidden state, with a small weight decay
-(`fit_output_shift`).
+Stage 1 finds the residual delta that, added to the chosen layer's output at one prompt token
+(the audio in context), makes the model answer y_e: Adam on delta alone, its norm clamped to
+`delta_clamp` times the original hidden state h's, plus a decay `delta_weight_decay *
+|delta|^p / |h|^2` (`fit_output_shift`). As the reference runs it (`unke_wise/editing_method/
+algo/unke/compute_z.py`): 24 updates (its 25 iterations, the last of which only measures), no
+early stop, p = 1.
 
-Stage 2 trains every parameter of that layer (attention, MLP, norms) with AdamW so that, on the
-edit prompt, its output at that token becomes the shifted one, while its outputs on
-preservation prompts stay what they were: loss = |out_e - (h + delta)|^2 / |h|^2 +
-preservation_weight * mean over real tokens of |out_p - out_p^0|^2 / mean |out_p^0|^2. The
-layer is run on the exact inputs the model fed it (hidden states and keyword arguments
-recorded by forward pre-hooks), never on masks rebuilt by hand.
+Stage 2 trains every parameter of that layer (attention, MLP, norms) with AdamW (weight decay
+0.01, none on the norms) for `layer_steps` steps so that, on the edit prompt, its output at that
+token becomes the shifted one, while its outputs on preservation prompts stay what they were.
+The layer is run on the exact inputs the model fed it (hidden states and keyword arguments
+recorded by forward pre-hooks), never on masks rebuilt by hand. `layer_loss` picks the loss:
 
-Preservation prompts are drawn from the training split, half with audio and half text-only,
-per edit with a generator seeded by the seed and the case id (so the order of edits does not
-matter). The final preservation term is reported as `extras["regularizer/mean"]`, the
-quantity λ-sweeps over `preservation_weight` relate the locality metrics to.
+- `reference` (`unke_main.py`): the mean squared error of the layer's outputs on every position
+  of the edit prompt against the recorded ones with the shift added at the edit token, plus
+  `preservation_weight` times the mean squared errors on the text and on the audio
+  preservation prompts (padding included, as the reference computes them);
+- `project`: |out_e - (h + delta)|^2 / |h|^2 at the edit token alone, plus
+  `preservation_weight` times the mean squared change over real tokens of the preservation
+  prompts relative to their mean square (averaged over the text and the audio batch).
+
+Preservation prompts come from the training split, drawn per edit with a generator seeded by
+the seed and the case id (so the order of edits does not matter): `text_preservation` text-only
+probes and `audio_preservation` audio probes about the other attributes (the reference draws 30
+text prompts for DeSTA2.5, 20 otherwise, and 5 audio clips, from a separate preservation set).
+The final preservation term is reported as `extras["regularizer/mean"]`, the quantity λ-sweeps
+over `preservation_weight` relate the locality metrics to.
 """
 
 from __future__ import annotations
@@ -45,9 +56,11 @@ from sake.methods.hooks import (
     fit_output_shift,
     run_recording,
 )
-from sake.methods.stats import balanced_sample, case_rng, preservation_probes
+from sake.methods.stats import case_rng, preservation_pools, sample_probes
 from sake.models.base import LALM, Batch
 from sake.utils.params import trainable_only
+
+LAYER_LOSSES = ("reference", "project")
 
 
 @dataclass(frozen=True)
@@ -62,22 +75,28 @@ class UnkeConfig:
     name: str
     role: str = "llm.layer[1]"
     token: str = "prompt_end"
-    delta_steps: int = 25
+    delta_steps: int = 24
     delta_lr: float = 0.5
     delta_clamp: float = 4.0
     delta_weight_decay: float = 1e-3
-    delta_stop_loss: float = 0.05
+    delta_decay_power: int = 1
+    delta_stop_loss: float = 0.0
     layer_steps: int = 50
     layer_lr: float = 2e-4
+    layer_weight_decay: float = 0.01
+    layer_loss: str = "reference"
     preservation_weight: float = 1.0
-    preservation_probes: int = 16
+    text_preservation: int = 20
+    audio_preservation: int = 5
     seed: int = 0
 
     def __post_init__(self) -> None:
         if self.delta_steps < 1 or self.layer_steps < 1:
             raise ValueError(f"{self.name}: delta_steps and layer_steps must be at least 1")
         check_choice(self.name, "token", self.token, EDIT_TOKENS)
-        if self.preservation_weight < 0 or self.preservation_probes < 0:
+        check_choice(self.name, "layer_loss", self.layer_loss, LAYER_LOSSES)
+        counts = (self.preservation_weight, self.text_preservation, self.audio_preservation)
+        if min(counts) < 0:
             raise ValueError(f"{self.name}: preservation settings must be non-negative")
 
     def shift_settings(self) -> ShiftSettings:
@@ -87,6 +106,7 @@ class UnkeConfig:
             self.delta_clamp,
             self.delta_weight_decay,
             self.delta_stop_loss,
+            self.delta_decay_power,
         )
 
 
@@ -115,6 +135,26 @@ def preservation_loss(layer: nn.Module, kept: LayerInputs) -> Tensor:
     return change / kept.output[kept.real].float().pow(2).mean().clamp_min(1e-12)
 
 
+def plain_mse(layer: nn.Module, kept: LayerInputs, target: Tensor | None = None) -> Tensor:
+    """The reference's `nn.MSELoss()`: the mean over every element, padding included."""
+    output = kept.call.replay(layer).float()
+    wanted = kept.output if target is None else target
+    return (output - wanted.float()).pow(2).mean()
+
+
+def adamw_groups(parameters: Mapping[str, nn.Parameter], weight_decay: float) -> list[dict]:
+    """AdamW parameter groups: weight decay everywhere but on the normalisation weights."""
+
+    def owner(name: str) -> str:
+        parts = name.split(".")
+        return parts[-2] if len(parts) > 1 else name
+
+    normed = [p for name, p in parameters.items() if "norm" in owner(name)]
+    rest = [p for name, p in parameters.items() if "norm" not in owner(name)]
+    groups = [{"params": rest, "weight_decay": weight_decay}]
+    return groups + ([{"params": normed, "weight_decay": 0.0}] if normed else [])
+
+
 class UnkeEditor:
     """Edits one decoder layer in two stages; undone by the layer's weight snapshot."""
 
@@ -125,15 +165,11 @@ class UnkeEditor:
         self.name = config.name
         self.state = EditorState()
         self.extras: dict[str, float] = {}
-        self._pool: list[Probe] = []
-
-    @property
-    def preservation_pool(self) -> list[Probe]:
-        """The training-split probes preservation prompts are drawn from."""
-        return list(self._pool)
+        self._text_pool: list[Probe] = []
+        self._audio_pools: dict[str, list[Probe]] = {}
 
     def prepare(self, lalm: LALM, train_cases: Sequence[EditCase]) -> None:
-        """Check the role and collect the training split's probes as preservation pool."""
+        """Check the role and collect the training split's probes as preservation pools."""
         if role_touches_audio_path(self.config.role):
             raise ValueError(
                 f"{self.name}: role {self.config.role!r} is in the audio path; UnKE edits a "
@@ -141,11 +177,13 @@ class UnkeEditor:
             )
         if not lalm.modules.parameters(self.config.role):
             raise ValueError(f"{self.name}: role {self.config.role!r} holds no parameters")
-        self._pool = preservation_probes(train_cases)
-        if self.config.preservation_probes and not self._pool:
+        self._text_pool, self._audio_pools = preservation_pools(train_cases)
+        wanted = self.config.text_preservation + self.config.audio_preservation
+        if wanted and not (self._text_pool or self._audio_pools):
             raise ValueError(
                 f"{self.name} keeps outputs on training-split probes, but the dataset has no "
-                "training cases; use a dataset with a train split or preservation_probes=0"
+                "training cases; use a dataset with a train split, or text_preservation=0 "
+                "audio_preservation=0"
             )
 
     def apply(self, lalm: LALM, case: EditCase) -> EditOutcome:
@@ -171,7 +209,7 @@ class UnkeEditor:
             lalm, batch, case.reliability.answer, layer, offset, self.config.shift_settings()
         )
         edit = layer_inputs(lalm, batch, layer)
-        kept = self._preserved(lalm, case, layer)
+        kept = [layer_inputs(lalm, lalm.prepare(p), layer) for p in self._preservation(case) if p]
         edit_loss, kept_loss = self._train_layer(
             layer, parameters, edit, -(1 + offset), shift.target, kept
         )
@@ -184,12 +222,16 @@ class UnkeEditor:
         }
         return shift.steps + self.config.layer_steps, final_loss, extras
 
-    def _preserved(self, lalm: LALM, case: EditCase, layer: nn.Module) -> LayerInputs | None:
-        if not self.config.preservation_probes:
-            return None
+    def _preservation(self, case: EditCase) -> tuple[list[Probe], list[Probe]]:
+        """The case's text and audio preservation prompts, the same whatever the edit order."""
         rng = case_rng(self.config.seed, case.case_id)
-        probes = balanced_sample(self._pool, self.config.preservation_probes, rng)
-        return layer_inputs(lalm, lalm.prepare(probes), layer)
+        audio_pool = [
+            p for a, pool in self._audio_pools.items() if a != case.attribute for p in pool
+        ]
+        return (
+            sample_probes(self._text_pool, self.config.text_preservation, rng),
+            sample_probes(audio_pool, self.config.audio_preservation, rng),
+        )
 
     def _train_layer(
         self,
@@ -198,31 +240,45 @@ class UnkeEditor:
         edit: LayerInputs,
         index: int,
         target: Tensor,
-        kept: LayerInputs | None,
+        kept: Sequence[LayerInputs],
     ) -> tuple[float, float]:
         """AdamW on the layer; returns the final edit and preservation losses."""
-        optimizer = torch.optim.AdamW(parameters.values(), lr=self.config.layer_lr)
-        scale = edit.output[0, index].float().pow(2).sum().clamp_min(1e-12)
+        optimizer = torch.optim.AdamW(
+            adamw_groups(parameters, self.config.layer_weight_decay), lr=self.config.layer_lr
+        )
         weight = self.config.preservation_weight
         with trainable_only(layer, parameters), torch.enable_grad():
             for _ in range(self.config.layer_steps):
-                edit_loss = self._edit_loss(layer, edit, index, target, scale)
-                kept_loss = preservation_loss(layer, kept) if kept is not None else None
-                loss = edit_loss if kept_loss is None else edit_loss + weight * kept_loss
+                edit_loss, kept_loss = self._losses(layer, edit, index, target, kept)
+                loss = edit_loss + weight * kept_loss
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
             with torch.no_grad():
-                edit_loss = self._edit_loss(layer, edit, index, target, scale)
-                kept_loss = preservation_loss(layer, kept) if kept is not None else torch.zeros(())
+                edit_loss, kept_loss = self._losses(layer, edit, index, target, kept)
         return float(edit_loss), float(kept_loss)
 
-    @staticmethod
-    def _edit_loss(
-        layer: nn.Module, edit: LayerInputs, index: int, target: Tensor, scale: Tensor
-    ) -> Tensor:
+    def _losses(
+        self,
+        layer: nn.Module,
+        edit: LayerInputs,
+        index: int,
+        target: Tensor,
+        kept: Sequence[LayerInputs],
+    ) -> tuple[Tensor, Tensor]:
+        """The edit term and the summed preservation terms of `layer_loss`."""
+        if self.config.layer_loss == "reference":
+            wanted = edit.output.clone()
+            wanted[0, index] = target.to(wanted.dtype)
+            edit_loss = plain_mse(layer, edit, wanted)
+            kept_loss = sum((plain_mse(layer, k) for k in kept), torch.zeros(()))
+            return edit_loss, kept_loss
         output = edit.call.replay(layer)[0, index].float()
-        return (output - target.to(output.device)).pow(2).sum() / scale
+        scale = edit.output[0, index].float().pow(2).sum().clamp_min(1e-12)
+        edit_loss = (output - target.to(output.device)).pow(2).sum() / scale
+        if not kept:
+            return edit_loss, torch.zeros(())
+        return edit_loss, sum(preservation_loss(layer, k) for k in kept) / len(kept)
 
     def context(self) -> QueryContext:
         return QueryContext()

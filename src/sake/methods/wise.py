@@ -63,10 +63,10 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional
 
-from sake.data.schema import EditCase, Probe, ProbeKind
+from sake.data.schema import EditCase, Probe
 from sake.methods.base import EditorState, EditOutcome, QueryContext, check_choice
 from sake.methods.hooks import ModuleRecorder, run_recording
-from sake.methods.stats import case_rng
+from sake.methods.stats import case_rng, preservation_pools, sample_probes
 from sake.models.base import LALM, Batch
 from sake.utils.params import trainable_only
 
@@ -555,8 +555,8 @@ class WiseEditor:
             p for a, pool in self._audio_pools.items() if a != case.attribute for p in pool
         ]
         return (
-            _sample(self._text_pool, self.config.text_preservation, rng),
-            _sample(audio_pool, self.config.audio_preservation, rng),
+            sample_probes(self._text_pool, self.config.text_preservation, rng),
+            sample_probes(audio_pool, self.config.audio_preservation, rng),
         )
 
     # ------------------------------------------------------------------ reference variant
@@ -658,34 +658,6 @@ def last_pass_distance(inputs: Tensor, side: Tensor, original: Tensor) -> float:
         return math.nan
     with torch.no_grad():
         return float(output_distance(rows, side, original).mean())
-
-
-def preservation_pools(
-    train_cases: Sequence[EditCase],
-) -> tuple[list[Probe], dict[str, list[Probe]]]:
-    """Distinct text-only probes, and per attribute the distinct audio probes that ask about it
-    (its cases' reliability and generality probes), of the training split."""
-    text: dict[str, Probe] = {}
-    audio: dict[str, dict[tuple[str, str], Probe]] = {}
-    for case in train_cases:
-        for probe in case.probes():
-            if probe.audio_path is None:
-                text.setdefault(probe.question, probe)
-            elif probe.kind in (ProbeKind.RELIABILITY, ProbeKind.GENERALITY):
-                key = (probe.question, str(probe.audio_path))
-                audio.setdefault(case.attribute, {}).setdefault(key, probe)
-    return (
-        [text[key] for key in sorted(text)],
-        {
-            attribute: [found[k] for k in sorted(found)]
-            for attribute, found in sorted(audio.items())
-        },
-    )
-
-
-def _sample(pool: Sequence[Probe], size: int, rng: np.random.Generator) -> list[Probe]:
-    count = min(size, len(pool))
-    return [pool[i] for i in rng.choice(len(pool), count, replace=False)] if count else []
 
 
 def decoder_of(lalm: LALM) -> nn.Module:
