@@ -18,6 +18,7 @@ from sake.data.schema import EditCase
 from sake.data.writers import write_release
 from sake.evaluation.degeneration_by_gap import degeneration_by_gap
 from sake.evaluation.metrics import sequential_metrics, single_metrics
+from sake.evaluation.pre_edit import PreEditCache
 from sake.evaluation.probing import generate_answers
 from sake.evaluation.records import RECORDS_FILE, RecordWriter, read_records
 from sake.hypernets.manifest import (
@@ -37,7 +38,7 @@ from sake.methods.hypernet import HypernetEditor, expected_manifest, new_network
 from sake.methods.ke import KnowledgeEditorConfig
 from sake.methods.mend import MendConfig
 from sake.models.desta import DestaLALM
-from sake.runner import EditRunner, EvalSettings, PreEditCache
+from sake.runner import EditRunner, EvalSettings
 from sake.training.callbacks import NonFiniteLossError
 from sake.training.hypernet import (
     EditCaseDataModule,

@@ -12,12 +12,13 @@ from lalm_fixtures import assert_unchanged, parameters
 from sake.data.readers import SakeRelease
 from sake.data.schema import EditCase
 from sake.data.schema import Sequence as EditSequence
+from sake.evaluation.pre_edit import PreEditCache
 from sake.evaluation.records import RECORDS_FILE, RecordWriter
 from sake.methods.base import Editor, build_editor
 from sake.methods.memit import MemitConfig, MemitEditor, memit_update, regularizer_norm
 from sake.methods.stats import SecondMomentCache, preservation_probes
 from sake.models.desta import DestaLALM
-from sake.runner import EditRunner, EvalSettings, PreEditCache
+from sake.runner import EditRunner, EvalSettings
 
 torch.set_num_threads(1)
 

@@ -23,6 +23,7 @@ from lalm_fixtures import (
 from sake.data.readers import SakeRelease
 from sake.data.schema import EditCase
 from sake.evaluation.metrics import sequential_metrics, single_metrics
+from sake.evaluation.pre_edit import LogitsStore, PreEditCache, narrowest_exact
 from sake.evaluation.records import RECORDS_FILE, RecordWriter, read_records, record_key
 from sake.evaluation.specificity import SPECIFICITY_METRICS
 from sake.methods.base import EditorState, EditOutcome, QueryContext
@@ -32,10 +33,7 @@ from sake.models.desta import DestaLALM
 from sake.runner import (
     EditRunner,
     EvalSettings,
-    LogitsStore,
-    PreEditCache,
     audio_path_only,
-    narrowest_exact,
     sequential_schedule,
     touches_audio_encoder,
 )
@@ -282,13 +280,13 @@ def test_a_run_on_cached_outputs_reads_the_kept_logits_instead_of_a_prompt_pass(
 def test_a_failed_logits_write_leaves_no_torn_file(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import sake.runner as runner_module
+    import sake.evaluation.pre_edit as pre_edit_module
 
     def disk_full(tensors: dict[str, torch.Tensor], path: str) -> None:
         Path(path).write_bytes(b"torn")
         raise OSError("No space left on device")
 
-    monkeypatch.setattr(runner_module, "save_file", disk_full)
+    monkeypatch.setattr(pre_edit_module, "save_file", disk_full)
     store = LogitsStore(tmp_path)
     with pytest.raises(OSError, match="No space"):
         store.write({"key": torch.zeros(4)})

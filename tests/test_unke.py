@@ -12,6 +12,7 @@ from lalm_fixtures import assert_unchanged, parameters
 from sake.data.readers import SakeRelease
 from sake.data.schema import EditCase
 from sake.data.schema import Sequence as EditSequence
+from sake.evaluation.pre_edit import PreEditCache
 from sake.evaluation.records import RECORDS_FILE, RecordWriter
 from sake.methods.base import Editor, build_editor
 from sake.methods.hooks import (
@@ -25,7 +26,7 @@ from sake.methods.hooks import (
 )
 from sake.methods.unke import UnkeConfig, UnkeEditor, adamw_groups, layer_inputs, plain_mse
 from sake.models.desta import DestaLALM
-from sake.runner import EditRunner, EvalSettings, PreEditCache
+from sake.runner import EditRunner, EvalSettings
 
 torch.set_num_threads(1)
 

@@ -34,11 +34,12 @@ from sake.evaluation.metrics import (
     summary_table,
 )
 from sake.evaluation.overfitting import overfitting_metrics
+from sake.evaluation.pre_edit import PreEditCache
 from sake.evaluation.records import RECORDS_FILE, Record, RecordWriter
 from sake.evaluation.report import portability_categories, publish_run_report
 from sake.methods.base import Editor, build_editor
 from sake.models.base import LALM
-from sake.runner import EditRunner, EvalSettings, PreEditCache
+from sake.runner import EditRunner, EvalSettings
 from sake.utils.resolvers import project_root
 from sake.utils.run import RunContext
 

@@ -51,6 +51,7 @@ from torch import Tensor, nn
 from torch.utils.data import Dataset
 
 from sake.data.schema import EditCase, Probe, ProbeKind
+from sake.evaluation.pre_edit import PreEditCache
 from sake.hypernets.manifest import HypernetManifest
 from sake.hypernets.signals import (
     EditedMatrix,
@@ -62,7 +63,6 @@ from sake.hypernets.signals import (
     updates_added,
 )
 from sake.methods.hypernet import HypernetConfig, expected_manifest, new_network
-from sake.runner import PreEditCache
 from sake.training.callbacks import NonFiniteLossError, NonFiniteLossGuard, StepLog, WallClock
 from sake.training.data import PlannedBatches, PlannedDataModule, plan_batches
 from sake.training.modules import warmup_cosine
