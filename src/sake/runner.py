@@ -22,8 +22,9 @@ sequential editing, before the sequence's first edit, so every step is compared 
 original model). Single editing asks pre-edit outputs a block of cases at a time, so those
 distributions are held in memory for one block only.
 
-Pre-edit outputs come from `PreEditCache` (`sake.evaluation.pre_edit`): generated once per model (by fingerprint) and
-probe, in large batches ahead of the edits, kept on disk and shared by every method and run.
+Pre-edit outputs come from `PreEditCache` (`sake.evaluation.pre_edit`): generated once per
+model (by fingerprint) and probe, in large batches ahead of the edits, kept on disk and shared
+by every method and run.
 Audio-encoder and connector outputs are cached for the whole run when the method cannot
 change them, and within one evaluation otherwise; a method that edits only the connector
 (FT (Audio)) still has the encoder's states cached for the whole run, its edit included. An
