@@ -14,13 +14,13 @@ import pytest
 
 from fixtures_data import tiny_release
 from sake.data.schema import EditCase, ProbeKind
+from sake.evaluation.estimates import Estimate, wilson_interval
 from sake.evaluation.metrics import judge_probes, sequential_metrics, single_metrics
 from sake.evaluation.overfitting import overfitting_counts
 from sake.evaluation.probing import expected_answer
 from sake.evaluation.records import RECORDS_FILE
 from sake.evaluation.report import (
     ENTANGLEMENT_TYPES,
-    Estimate,
     Job,
     distinct_labels,
     entanglement_points,
@@ -29,7 +29,6 @@ from sake.evaluation.report import (
     ranked_row,
     sequential_estimates,
     single_estimates,
-    wilson_interval,
     write_report,
 )
 from sake.utils.tracking import NullTracker, WandbTracker

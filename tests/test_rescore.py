@@ -12,6 +12,7 @@ import pytest
 from fixtures_data import tiny_release
 from sake.data.schema import EditCase
 from sake.evaluation.metrics import judge_probes
+from sake.evaluation.rejudging import run_metrics
 from sake.tasks.judge_agreement import item_ids, read_human_labels
 from sake.utils.run import run_task
 from test_report import make_record, pre_outputs, single_records, write_run
@@ -56,6 +57,8 @@ def test_rejudging_with_the_option_judge_reproduces_the_saved_verdicts(compose_c
     saved = [json.loads(line) for line in (run / "records.jsonl").read_text().splitlines()]
     rescored = [json.loads(line) for line in (out / "records.jsonl").read_text().splitlines()]
     assert rescored == saved
+    # the metrics an edit run reports, diagnostics included, from the same function
+    assert read_json(out / "metrics.json") == run_metrics("single", rescored)
 
 
 def test_rejudging_with_shortcuts_only_rejects_sentences(compose_cfg, tmp_path):

@@ -223,7 +223,7 @@ def test_judge_sake_composes_with_the_reference_settings(compose_cfg) -> None:
 
 @needs_prompts
 def test_re_judging_uses_the_protocol_of_the_records(compose_cfg) -> None:
-    from sake.tasks.rescore import build_judge
+    from sake.evaluation.rejudging import build_judge
 
     overrides = ["judge=sake", f"paths.reference_prompts={SHARED_PROMPTS}"]
     cfg = compose_cfg("evaluate", [*overrides, "judge.backend.api_key_env=null"])

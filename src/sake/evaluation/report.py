@@ -39,6 +39,7 @@ from sake.data.readers import load_release
 from sake.data.schema import ATTRIBUTES, EditCase, locality_audio_types
 from sake.evaluation import report_figures
 from sake.evaluation.degeneration import detect_degeneration
+from sake.evaluation.estimates import Estimate
 from sake.evaluation.metrics import (
     GAPS,
     LOCALITY_KINDS,
@@ -57,7 +58,6 @@ Table = tuple[list[str], list[list[Any]]]
 
 
 CONFIG_FILE = "config.yaml"
-Z_95 = 1.959963984540054
 # Audio-locality types whose probes the reference's entanglement scatter plots (type 3 asks
 # about a clip of the edited label, where the edit's answer is the right one).
 ENTANGLEMENT_TYPES = (1, 2, 4)
@@ -109,29 +109,6 @@ class Tracker(Protocol):
 
 
 # --------------------------------------------------------------------------- statistics
-
-
-def wilson_interval(p: float, n: int, z: float = Z_95) -> tuple[float, float]:
-    """Wilson score interval of a proportion `p` observed over `n` trials; NaNs for n = 0."""
-    if n <= 0 or math.isnan(p):
-        return math.nan, math.nan
-    z2 = z * z
-    denominator = 1.0 + z2 / n
-    centre = (p + z2 / (2 * n)) / denominator
-    half = z * math.sqrt(max(p * (1 - p), 0.0) / n + z2 / (4 * n * n)) / denominator
-    return max(0.0, centre - half), min(1.0, centre + half)
-
-
-@dataclass(frozen=True)
-class Estimate:
-    """A proportion and the number of probes behind it."""
-
-    value: float
-    n: int
-
-    @property
-    def interval(self) -> tuple[float, float]:
-        return wilson_interval(self.value, self.n)
 
 
 def _probe_keys(judged: Mapping[str, Any]) -> list[str]:

@@ -10,16 +10,14 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
+from sake.evaluation.estimates import Estimate
 from sake.evaluation.metrics import GAPS
 
-if TYPE_CHECKING:
-    from sake.evaluation.report import Estimate
-
-Series = Mapping[str, Sequence["Estimate | None"]]
+Series = Mapping[str, Sequence[Estimate | None]]
 DPI = 120
 
 

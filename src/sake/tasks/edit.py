@@ -24,18 +24,15 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from sake.data.schema import ATTRIBUTES
-from sake.evaluation.degeneration_by_gap import degeneration_by_gap
 from sake.evaluation.judges.base import OptionJudge
 from sake.evaluation.metrics import (
     case_scores,
-    sequential_metrics,
     sequential_table,
-    single_metrics,
     summary_table,
 )
-from sake.evaluation.overfitting import overfitting_metrics
 from sake.evaluation.pre_edit import PreEditCache
 from sake.evaluation.records import RECORDS_FILE, Record, RecordWriter
+from sake.evaluation.rejudging import run_metrics
 from sake.evaluation.report import portability_categories, publish_run_report
 from sake.methods.base import Editor, build_editor
 from sake.models.base import LALM
@@ -68,7 +65,7 @@ def edit_task(cfg: DictConfig, run: RunContext) -> dict[str, float]:
     tracker.start(run_config(cfg))
     try:
         records = run_protocol(cfg, run, settings, editor, lalm, dataset)
-        metrics = protocol_metrics(settings.protocol, records, str(cfg.eval.aggregation))
+        metrics = run_metrics(settings.protocol, records, str(cfg.eval.aggregation))
         tracker.log_summary(metrics)
         columns, rows = records_table(records)
         tracker.log_table("records", columns, rows)
@@ -131,15 +128,6 @@ def eval_settings(config: Mapping[str, Any]) -> EvalSettings:
         max_edit=int(sequential.get("max_edit", 5)),
         max_gap=int(sequential.get("max_gap", 5)),
     )
-
-
-def protocol_metrics(
-    protocol: str, records: Sequence[Record], aggregation: str = "reference"
-) -> dict[str, float]:
-    """SAKE's metrics; sequential runs add the share of degenerate outputs by gap."""
-    if protocol == "single":
-        return {**single_metrics(records, aggregation), **overfitting_metrics(records)}
-    return {**sequential_metrics(records, aggregation=aggregation), **degeneration_by_gap(records)}
 
 
 def format_summary(protocol: str, metrics: Mapping[str, float]) -> str:

@@ -20,17 +20,15 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from hydra.utils import instantiate
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
-from sake.data.schema import Probe, ProbeKind
 from sake.evaluation.judges.agreement import agreement_by_metric
-from sake.evaluation.judges.base import Judge, OptionJudge
-from sake.evaluation.metrics import judge_probes, sequential_metrics, single_metrics
 from sake.evaluation.records import RECORDS_FILE
+from sake.evaluation.rejudging import build_judge, rejudge, run_metrics
 from sake.evaluation.report import case_table, load_job, log_report, write_report
 from sake.tasks.judge_agreement import agreement_metrics, json_safe, verdict_labels
 from sake.utils.run import RunContext, atomic_write_text
+from sake.utils.tracking import start_tracker
 
 log = logging.getLogger(__name__)
 
@@ -59,7 +57,7 @@ def rescore_run(cfg: DictConfig, run: RunContext) -> dict[str, float]:
     out = directory / f"rescore-{judge.name}"
     job = replace(saved, records=rejudge(saved.records, judge), directory=out)
     write_records(out / RECORDS_FILE, job.records)
-    metrics = protocol_metrics(job.records, job.aggregation)
+    metrics = run_metrics(job.protocol, job.records, job.aggregation)
     RunContext(out).write_metrics(metrics)
     changes = write_verdict_changes(out / "agreement.json", saved.records, job.records)
     report = write_report([job], out, f"{saved.label} re-judged by the {judge.name} judge")
@@ -82,71 +80,6 @@ def write_verdict_changes(
     report = {name: json_safe(found.as_dict()) for name, found in changes.items()}
     atomic_write_text(path, json.dumps(report, indent=2))
     return agreement_metrics(changes)
-
-
-def build_judge(cfg: DictConfig, protocol: str | None = None) -> Judge:
-    """The judge the config selects (`judge=…`); the option judge when none is configured.
-
-    A judge whose rules depend on the protocol (`judge=sake`) judges the records' protocol.
-    """
-    if not cfg.get("judge"):
-        return OptionJudge()
-    if protocol is not None and "protocol" in cfg.judge:
-        return instantiate(cfg.judge, protocol=protocol)
-    return instantiate(cfg.judge)
-
-
-def start_tracker(cfg: DictConfig, name: str) -> Any:
-    """The configured tracker, started under `name` where it takes one."""
-    tracker = (
-        instantiate(cfg.logger, name=name) if "name" in cfg.logger else instantiate(cfg.logger)
-    )
-    tracker.start(
-        {
-            key: OmegaConf.to_container(value, resolve=True)
-            if OmegaConf.is_config(value)
-            else value
-            for key, value in cfg.items()
-            if key in ("run", "sweep", "judge")
-        }
-    )
-    return tracker
-
-
-def saved_probe(judged: Mapping[str, Any]) -> Probe:
-    """The probe a judged record entry was asked, as far as judging needs it."""
-    return Probe(
-        kind=ProbeKind(judged["kind"]),
-        question=judged["question"],
-        answer=judged["answer"],
-        options=tuple(judged["options"]),
-        type=judged["type"],
-        audio_path=Path(judged["audio"]) if judged.get("audio") else None,
-        original_answer=judged["pre_answer"],
-    )
-
-
-def rejudge(records: Sequence[Record], judge: Judge) -> list[dict[str, Any]]:
-    """The records with every probe judged again, all in one batch; other fields are kept."""
-    saved = [judged for record in records for judged in record["probes"]]
-    fresh = iter(
-        judge_probes(
-            [saved_probe(judged) for judged in saved],
-            [judged["pre_output"] for judged in saved],
-            [judged["post_output"] for judged in saved],
-            judge,
-        )
-    )
-    return [
-        {**record, "probes": [{**judged, **next(fresh)} for judged in record["probes"]]}
-        for record in records
-    ]
-
-
-def protocol_metrics(records: Sequence[Record], aggregation: str) -> dict[str, float]:
-    if records and records[0]["protocol"] == "sequential":
-        return sequential_metrics(records, aggregation=aggregation)
-    return single_metrics(records, aggregation)
 
 
 def write_records(path: Path, records: Sequence[Record]) -> None:

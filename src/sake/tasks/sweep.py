@@ -19,9 +19,10 @@ from omegaconf import DictConfig
 
 from sake.evaluation.judges.base import Judge
 from sake.evaluation.lambda_sweep import job_directories
+from sake.evaluation.rejudging import build_judge, rejudge
 from sake.evaluation.report import Job, case_table, load_job, log_report, write_report
-from sake.tasks.rescore import build_judge, rejudge, start_tracker
 from sake.utils.run import RunContext
+from sake.utils.tracking import start_tracker
 
 log = logging.getLogger(__name__)
 

@@ -23,8 +23,8 @@ from sake.evaluation.text_portability import (
     text_portability_items,
     text_portability_metrics,
 )
-from sake.tasks.rescore import start_tracker
 from sake.utils.run import REPORT_FILE, RunContext, atomic_write_text
+from sake.utils.tracking import start_tracker
 
 log = logging.getLogger(__name__)
 OUTPUTS_FILE = "text_portability.jsonl"

@@ -7,6 +7,9 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
 log = logging.getLogger(__name__)
 
 
@@ -98,3 +101,20 @@ class WandbTracker(NullTracker):
         if self._run is not None:
             self._run.finish()
             self._run = None
+
+
+def start_tracker(cfg: DictConfig, name: str) -> Any:
+    """The configured tracker, started under `name` where it takes one."""
+    tracker = (
+        instantiate(cfg.logger, name=name) if "name" in cfg.logger else instantiate(cfg.logger)
+    )
+    tracker.start(
+        {
+            key: OmegaConf.to_container(value, resolve=True)
+            if OmegaConf.is_config(value)
+            else value
+            for key, value in cfg.items()
+            if key in ("run", "sweep", "judge")
+        }
+    )
+    return tracker
