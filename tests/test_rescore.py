@@ -11,9 +11,10 @@ import pytest
 
 from fixtures_data import tiny_release
 from sake.data.schema import EditCase
+from sake.evaluation.judges.agreement import item_ids
 from sake.evaluation.metrics import judge_probes
 from sake.evaluation.rejudging import run_metrics
-from sake.tasks.judge_agreement import item_ids, read_human_labels
+from sake.tasks.judge_agreement import read_human_labels
 from sake.utils.run import run_task
 from test_report import make_record, pre_outputs, single_records, write_run
 

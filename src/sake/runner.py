@@ -108,6 +108,17 @@ class PreEdit:
     locality_logits: Tensor
 
 
+def eval_settings(config: Mapping[str, Any]) -> EvalSettings:
+    sequential = config.get("sequential") or {}
+    return EvalSettings(
+        protocol=str(config.protocol),
+        max_new_tokens=int(config.max_new_tokens),
+        batch_size=int(config.batch_size),
+        max_edit=int(sequential.get("max_edit", 5)),
+        max_gap=int(sequential.get("max_gap", 5)),
+    )
+
+
 # --------------------------------------------------------------------------- inputs
 
 

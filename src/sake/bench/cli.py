@@ -33,9 +33,8 @@ from sake.bench.measure import PRE_EDIT_MODES, Workload, run_benchmark
 from sake.bench.report import report_lines, summary_line
 from sake.data.schema import EditCase
 from sake.methods.base import Editor, build_editor
-from sake.runner import PROTOCOLS
-from sake.tasks.edit import config_options, eval_settings
-from sake.utils.resolvers import project_root, register_resolvers
+from sake.runner import PROTOCOLS, eval_settings
+from sake.utils.resolvers import config_options, project_root, register_resolvers
 
 DEFAULT_METHODS = ("ft_audio", "ft_llm", "i_ike")
 DEFAULT_CASES = 4

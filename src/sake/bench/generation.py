@@ -36,7 +36,7 @@ from sake.bench.measure import peak_rss_bytes
 from sake.bench.reference import forget_audio
 from sake.data.schema import Probe
 from sake.models.base import LALM
-from sake.tasks.edit import eval_settings
+from sake.runner import eval_settings
 from sake.utils.resolvers import project_root, register_resolvers
 
 GIB = 1024**3

@@ -36,8 +36,8 @@ from sake.evaluation.rejudging import run_metrics
 from sake.evaluation.report import portability_categories, publish_run_report
 from sake.methods.base import Editor, build_editor
 from sake.models.base import LALM
-from sake.runner import EditRunner, EvalSettings
-from sake.utils.resolvers import project_root
+from sake.runner import EditRunner, EvalSettings, eval_settings
+from sake.utils.resolvers import config_options
 from sake.utils.run import RunContext
 
 log = logging.getLogger(__name__)
@@ -119,17 +119,6 @@ def run_protocol(
     return records
 
 
-def eval_settings(config: Mapping[str, Any]) -> EvalSettings:
-    sequential = config.get("sequential") or {}
-    return EvalSettings(
-        protocol=str(config.protocol),
-        max_new_tokens=int(config.max_new_tokens),
-        batch_size=int(config.batch_size),
-        max_edit=int(sequential.get("max_edit", 5)),
-        max_gap=int(sequential.get("max_gap", 5)),
-    )
-
-
 def format_summary(protocol: str, metrics: Mapping[str, float]) -> str:
     if protocol == "single":
         return summary_table(metrics, ATTRIBUTES)
@@ -175,13 +164,3 @@ def run_config(cfg: DictConfig) -> dict[str, Any]:
         for key, value in cfg.items()
         if key != "hydra"
     }
-
-
-def config_options(group: str) -> list[str]:
-    """The options of a config group, as Hydra sees them (or as the checkout lists them)."""
-    from hydra.core.global_hydra import GlobalHydra
-
-    hydra = GlobalHydra.instance()
-    if hydra.is_initialized():
-        return sorted(hydra.config_loader().get_group_options(group))
-    return sorted(path.stem for path in (project_root() / "configs" / group).glob("*.yaml"))

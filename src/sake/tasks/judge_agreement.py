@@ -23,7 +23,6 @@ import csv
 import io
 import json
 import math
-from collections import Counter
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -31,7 +30,15 @@ from typing import Any
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
-from sake.evaluation.judges.agreement import OVERALL, Agreement, agreement_by_metric
+from sake.evaluation.judges.agreement import (
+    OVERALL,
+    Agreement,
+    agreement_by_metric,
+    agreement_metrics,
+    item_ids,
+    json_safe,
+    verdict_labels,
+)
 from sake.evaluation.records import RECORDS_FILE, read_records
 from sake.evaluation.report import markdown_table
 from sake.utils.run import RunContext, atomic_write_text
@@ -90,31 +97,6 @@ def read_run(path: Path) -> list[Record]:
     return read_records(records_path)
 
 
-def item_ids(record: Record) -> list[str]:
-    """The id of every probe of a record (see the module docstring)."""
-    base = record["case_id"]
-    if record.get("protocol") == "sequential":
-        base = f"{base}@step{record['step']}"
-    seen: Counter[str] = Counter()
-    ids = []
-    for judged in record["probes"]:
-        seen[judged["name"]] += 1
-        count = seen[judged["name"]]
-        ids.append(f"{base}/{judged['name']}" + ("" if count == 1 else f"#{count}"))
-    return ids
-
-
-def verdict_labels(records: Sequence[Record]) -> tuple[Labels, dict[str, str]]:
-    """Item id -> the verdict behind the probe's score, and item id -> its metric."""
-    labels: Labels = {}
-    metric_of: dict[str, str] = {}
-    for record in records:
-        for item, judged in zip(item_ids(record), record["probes"], strict=True):
-            labels[item] = bool(judged["score"])
-            metric_of[item] = judged["kind"]
-    return labels, metric_of
-
-
 def read_side(path: Path) -> Labels:
     """Labels of side b: a run (directory or records file) or a human labels file."""
     if path.is_dir() or (path.suffix == ".jsonl" and _holds_records(path)):
@@ -165,17 +147,6 @@ def parse_label(label: Any, path: Path) -> bool | None:
 
 
 # --------------------------------------------------------------------------- outputs
-
-
-def agreement_metrics(results: Mapping[str, Agreement]) -> dict[str, float]:
-    """`agreement/<overall|metric>/{percent,kappa,compared}` (NaN κ is left out)."""
-    metrics: dict[str, float] = {}
-    for name, found in results.items():
-        metrics[f"agreement/{name}/compared"] = float(found.compared)
-        for key, value in (("percent", found.percent), ("kappa", found.kappa)):
-            if math.isfinite(value):
-                metrics[f"agreement/{name}/{key}"] = value
-    return metrics
 
 
 def agreement_table(results: Mapping[str, Agreement]) -> tuple[list[str], list[list[Any]]]:
@@ -262,11 +233,3 @@ def write_sheet(path: Path, rows: Sequence[Mapping[str, Any]]) -> None:
     writer.writeheader()
     writer.writerows(rows)
     atomic_write_text(path, buffer.getvalue())
-
-
-def json_safe(values: Mapping[str, float | int]) -> dict[str, float | int | None]:
-    """NaN (an undefined κ) becomes null, so that the file is standard JSON."""
-    return {
-        key: None if isinstance(value, float) and not math.isfinite(value) else value
-        for key, value in values.items()
-    }

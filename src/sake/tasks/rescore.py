@@ -22,11 +22,16 @@ from typing import Any
 
 from omegaconf import DictConfig
 
-from sake.evaluation.judges.agreement import agreement_by_metric
+from sake.evaluation.judges.agreement import (
+    agreement_by_metric,
+    agreement_metrics,
+    json_safe,
+    verdict_labels,
+)
 from sake.evaluation.records import RECORDS_FILE
 from sake.evaluation.rejudging import build_judge, rejudge, run_metrics
 from sake.evaluation.report import case_table, load_job, log_report, write_report
-from sake.tasks.judge_agreement import agreement_metrics, json_safe, verdict_labels
+from sake.tasks.sweep import sweep_task
 from sake.utils.run import RunContext, atomic_write_text
 from sake.utils.tracking import start_tracker
 
@@ -44,8 +49,6 @@ def rescore_task(cfg: DictConfig, run: RunContext) -> dict[str, float]:
     if cfg.get("run"):
         return rescore_run(cfg, run)
     if cfg.get("sweep"):
-        from sake.tasks.sweep import sweep_task  # sweep builds on this module's helpers
-
         return sweep_task(cfg, run)
     raise ValueError(USAGE)
 

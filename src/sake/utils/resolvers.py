@@ -36,3 +36,13 @@ def register_resolvers() -> None:
         OmegaConf.register_new_resolver("sake.root", lambda: str(project_root()))
     if not OmegaConf.has_resolver("sake.run_id"):
         OmegaConf.register_new_resolver("sake.run_id", process_run_id)
+
+
+def config_options(group: str) -> list[str]:
+    """The options of a config group, as Hydra sees them (or as the checkout lists them)."""
+    from hydra.core.global_hydra import GlobalHydra
+
+    hydra = GlobalHydra.instance()
+    if hydra.is_initialized():
+        return sorted(hydra.config_loader().get_group_options(group))
+    return sorted(path.stem for path in (project_root() / "configs" / group).glob("*.yaml"))

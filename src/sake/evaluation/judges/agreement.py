@@ -17,10 +17,12 @@ import math
 from collections import Counter
 from collections.abc import Hashable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass
+from typing import Any
 
 from sake.evaluation.judges.base import Verdict
 
 Labels = Mapping[str, Hashable | None]
+Record = Mapping[str, Any]
 OVERALL = "overall"
 
 
@@ -91,3 +93,50 @@ def agreement_by_metric(a: Labels, b: Labels, metric_of: Mapping[str, str]) -> d
 
 def _restricted(labels: Labels, ids: set[str]) -> dict[str, Hashable | None]:
     return {item: label for item, label in labels.items() if item in ids}
+
+
+# --------------------------------------------------------------------------- records
+
+
+def item_ids(record: Record) -> list[str]:
+    """The id of every probe of a record (see the module docstring)."""
+    base = record["case_id"]
+    if record.get("protocol") == "sequential":
+        base = f"{base}@step{record['step']}"
+    seen: Counter[str] = Counter()
+    ids = []
+    for judged in record["probes"]:
+        seen[judged["name"]] += 1
+        count = seen[judged["name"]]
+        ids.append(f"{base}/{judged['name']}" + ("" if count == 1 else f"#{count}"))
+    return ids
+
+
+def verdict_labels(records: Sequence[Record]) -> tuple[dict[str, bool | None], dict[str, str]]:
+    """Item id -> the verdict behind the probe's score, and item id -> its metric."""
+    labels: dict[str, bool | None] = {}
+    metric_of: dict[str, str] = {}
+    for record in records:
+        for item, judged in zip(item_ids(record), record["probes"], strict=True):
+            labels[item] = bool(judged["score"])
+            metric_of[item] = judged["kind"]
+    return labels, metric_of
+
+
+def agreement_metrics(results: Mapping[str, Agreement]) -> dict[str, float]:
+    """`agreement/<overall|metric>/{percent,kappa,compared}` (NaN κ is left out)."""
+    metrics: dict[str, float] = {}
+    for name, found in results.items():
+        metrics[f"agreement/{name}/compared"] = float(found.compared)
+        for key, value in (("percent", found.percent), ("kappa", found.kappa)):
+            if math.isfinite(value):
+                metrics[f"agreement/{name}/{key}"] = value
+    return metrics
+
+
+def json_safe(values: Mapping[str, float | int]) -> dict[str, float | int | None]:
+    """NaN (an undefined κ) becomes null, so that the file is standard JSON."""
+    return {
+        key: None if isinstance(value, float) and not math.isfinite(value) else value
+        for key, value in values.items()
+    }
