@@ -17,6 +17,7 @@ from sake.data.schema import Sequence as EditSequence
 from sake.evaluation.pre_edit import PreEditCache
 from sake.evaluation.records import RECORDS_FILE, RecordWriter
 from sake.methods.base import Editor, build_editor
+from sake.methods.stats import PreservationPools
 from sake.methods.wise import (
     Router,
     SideMemory,
@@ -27,7 +28,6 @@ from sake.methods.wise import (
     early_stopped,
     encode_tensor,
     last_pass_distance,
-    preservation_pools,
     reference_penalty,
     ties_merge,
 )
@@ -358,13 +358,14 @@ def test_reference_variant_edits_and_routes_every_generated_token(
     assert no_hooks(lalm)
 
 
-def test_preservation_leaves_out_the_edited_attribute(release: SakeRelease, case: EditCase) -> None:
-    text, audio = preservation_pools(release.splits["train"])
+def test_preservation_prompts_leave_out_the_edited_attribute(
+    release: SakeRelease, case: EditCase
+) -> None:
+    pools = PreservationPools.of(release.splits["train"])
+    text, audio = pools.text, pools.audio
     assert text and all(probe.audio_path is None for probe in text)
     assert case.attribute in audio
-    editor = wise(variant="reference", text_preservation=3, audio_preservation=50)
-    editor._text_pool, editor._audio_pools = text, audio
-    chosen_text, chosen_audio = editor._preservation(case)
+    chosen_text, chosen_audio = pools.draw(case, 3, 50, seed=0)
     own = set(map(id, audio[case.attribute]))
     assert len(chosen_text) == min(3, len(text))
     assert chosen_audio and not own & set(map(id, chosen_audio))

@@ -18,7 +18,7 @@ import json
 import logging
 import os
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -56,27 +56,43 @@ def balanced_sample(probes: Sequence[Probe], size: int, rng: np.random.Generator
     return chosen
 
 
-def preservation_pools(
-    train_cases: Sequence[EditCase],
-) -> tuple[list[Probe], dict[str, list[Probe]]]:
-    """Distinct text-only probes, and per attribute the distinct audio probes that ask about it
-    (its cases' reliability and generality probes), of the training split."""
-    text: dict[str, Probe] = {}
-    audio: dict[str, dict[tuple[str, str], Probe]] = {}
-    for case in train_cases:
-        for probe in case.probes():
-            if probe.audio_path is None:
-                text.setdefault(probe.question, probe)
-            elif probe.kind in (ProbeKind.RELIABILITY, ProbeKind.GENERALITY):
-                key = (probe.question, str(probe.audio_path))
-                audio.setdefault(case.attribute, {}).setdefault(key, probe)
-    return (
-        [text[key] for key in sorted(text)],
-        {
-            attribute: [found[k] for k in sorted(found)]
-            for attribute, found in sorted(audio.items())
-        },
-    )
+@dataclass(frozen=True)
+class PreservationPools:
+    """What preservation prompts are drawn from: the training split's distinct text-only
+    probes, and per attribute the distinct audio probes that ask about it (its cases'
+    reliability and generality probes)."""
+
+    text: tuple[Probe, ...] = ()
+    audio: Mapping[str, tuple[Probe, ...]] = field(default_factory=dict)
+
+    @classmethod
+    def of(cls, train_cases: Sequence[EditCase]) -> PreservationPools:
+        text: dict[str, Probe] = {}
+        audio: dict[str, dict[tuple[str, str], Probe]] = {}
+        for case in train_cases:
+            for probe in case.probes():
+                if probe.audio_path is None:
+                    text.setdefault(probe.question, probe)
+                elif probe.kind in (ProbeKind.RELIABILITY, ProbeKind.GENERALITY):
+                    key = (probe.question, str(probe.audio_path))
+                    audio.setdefault(case.attribute, {}).setdefault(key, probe)
+        return cls(
+            tuple(text[key] for key in sorted(text)),
+            {a: tuple(found[k] for k in sorted(found)) for a, found in sorted(audio.items())},
+        )
+
+    @property
+    def empty(self) -> bool:
+        return not self.text and not self.audio
+
+    def draw(
+        self, case: EditCase, text: int, audio: int, seed: int
+    ) -> tuple[list[Probe], list[Probe]]:
+        """`text` text prompts and `audio` audio prompts about the other attributes, drawn by
+        a generator of the seed and the case, so that the order of edits does not matter."""
+        rng = case_rng(seed, case.case_id)
+        others = [p for a, pool in self.audio.items() if a != case.attribute for p in pool]
+        return sample_probes(self.text, text, rng), sample_probes(others, audio, rng)
 
 
 def sample_probes(pool: Sequence[Probe], size: int, rng: np.random.Generator) -> list[Probe]:

@@ -56,7 +56,7 @@ from sake.methods.hooks import (
     fit_output_shift,
     run_recording,
 )
-from sake.methods.stats import case_rng, preservation_pools, sample_probes
+from sake.methods.stats import PreservationPools
 from sake.models.base import LALM, Batch
 from sake.utils.params import trainable_only
 
@@ -165,8 +165,7 @@ class UnkeEditor:
         self.name = config.name
         self.state = EditorState()
         self.extras: dict[str, float] = {}
-        self._text_pool: list[Probe] = []
-        self._audio_pools: dict[str, list[Probe]] = {}
+        self.pools = PreservationPools()
 
     def prepare(self, lalm: LALM, train_cases: Sequence[EditCase]) -> None:
         """Check the role and collect the training split's probes as preservation pools."""
@@ -177,9 +176,9 @@ class UnkeEditor:
             )
         if not lalm.modules.parameters(self.config.role):
             raise ValueError(f"{self.name}: role {self.config.role!r} holds no parameters")
-        self._text_pool, self._audio_pools = preservation_pools(train_cases)
+        self.pools = PreservationPools.of(train_cases)
         wanted = self.config.text_preservation + self.config.audio_preservation
-        if wanted and not (self._text_pool or self._audio_pools):
+        if wanted and self.pools.empty:
             raise ValueError(
                 f"{self.name} keeps outputs on training-split probes, but the dataset has no "
                 "training cases; use a dataset with a train split, or text_preservation=0 "
@@ -223,15 +222,8 @@ class UnkeEditor:
         return shift.steps + self.config.layer_steps, final_loss, extras
 
     def _preservation(self, case: EditCase) -> tuple[list[Probe], list[Probe]]:
-        """The case's text and audio preservation prompts, the same whatever the edit order."""
-        rng = case_rng(self.config.seed, case.case_id)
-        audio_pool = [
-            p for a, pool in self._audio_pools.items() if a != case.attribute for p in pool
-        ]
-        return (
-            sample_probes(self._text_pool, self.config.text_preservation, rng),
-            sample_probes(audio_pool, self.config.audio_preservation, rng),
-        )
+        c = self.config
+        return self.pools.draw(case, c.text_preservation, c.audio_preservation, c.seed)
 
     def _train_layer(
         self,

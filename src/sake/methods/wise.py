@@ -66,7 +66,7 @@ from torch.nn import functional
 from sake.data.schema import EditCase, Probe
 from sake.methods.base import EditorState, EditOutcome, QueryContext, check_choice
 from sake.methods.hooks import ModuleRecorder, run_recording
-from sake.methods.stats import case_rng, preservation_pools, sample_probes
+from sake.methods.stats import PreservationPools
 from sake.models.base import LALM, Batch
 from sake.utils.params import trainable_only
 
@@ -385,8 +385,7 @@ class WiseEditor:
         self.name = config.name
         self.state = WiseState()
         self.extras: dict[str, float] = {}
-        self._text_pool: list[Probe] = []
-        self._audio_pools: dict[str, list[Probe]] = {}
+        self.pools = PreservationPools()
         self._projection: nn.Linear | None = None
 
     def prepare(self, lalm: LALM, train_cases: Sequence[EditCase]) -> None:
@@ -397,9 +396,9 @@ class WiseEditor:
                 f"{self.name}: role {self.config.role!r} is a {type(projection).__name__}; "
                 "WISE keeps a side memory of a linear projection"
             )
-        self._text_pool, self._audio_pools = preservation_pools(train_cases)
+        self.pools = PreservationPools.of(train_cases)
         wanted = self.config.text_preservation + self.config.audio_preservation
-        if wanted and not (self._text_pool or self._audio_pools):
+        if wanted and self.pools.empty:
             raise ValueError(
                 f"{self.name} draws preservation prompts from the training split, but the "
                 "dataset has no training cases; use a dataset with a train split"
@@ -549,17 +548,8 @@ class WiseEditor:
         return self._projection_inputs(lalm, lalm.prepare([*text, *audio]))
 
     def _preservation(self, case: EditCase) -> tuple[list[Probe], list[Probe]]:
-        """The case's text and audio preservation prompts, the same whatever the edit order."""
-        rng = case_rng(self.config.seed, case.case_id)
-        audio_pool = [
-            p for a, pool in self._audio_pools.items() if a != case.attribute for p in pool
-        ]
-        return (
-            sample_probes(self._text_pool, self.config.text_preservation, rng),
-            sample_probes(audio_pool, self.config.audio_preservation, rng),
-        )
-
-    # ------------------------------------------------------------------ reference variant
+        c = self.config
+        return self.pools.draw(case, c.text_preservation, c.audio_preservation, c.seed)
 
     def _train_reference(
         self, lalm: LALM, case: EditCase, memory: SideMemory
