@@ -35,9 +35,11 @@ class Turn:
 class Batch:
     """Model inputs for a batch of prompts, left-padded, ready for generation.
 
-    `answer_start[i]` is the index in `input_ids[i]` where the assistant's answer begins
-    (the position whose next-token distribution is the answer's first token).
-    `inputs` holds the model-specific tensors (audio features or cached embeddings).
+    Every row ends where the assistant's answer begins, so the last position's next-token
+    distribution is the answer's first token. `inputs` holds what else the model reads:
+    `audio_paths`, every clip of the batch in reading order (row by row, history clips
+    first), whose features the LALM takes from its own audio cache; text-only batches have
+    none. `prompts` are the rendered chat prompts.
     """
 
     input_ids: Tensor
