@@ -201,8 +201,8 @@ def trend_scatter(
             va="top",
             bbox={"boxstyle": "round", "facecolor": "white", "edgecolor": "grey"},
         )
-    axes.set_xlim(0, 100)
-    axes.set_ylim(0, 100)
+    axes.set_xlim(-3, 108)  # room for the labels of points at 0 and 100
+    axes.set_ylim(-3, 108)
     axes.set_xlabel(axis_titles[0])
     axes.set_ylabel(axis_titles[1])
     axes.grid(True, linestyle="--", alpha=0.5)
@@ -225,8 +225,8 @@ def entanglement_scatter(
         axes.scatter(xs, ys, s=60, edgecolors="black", label=f"type {type_}")
         for label, (x, y) in shown.items():
             axes.annotate(label, (x, y), textcoords="offset points", xytext=(5, 4), fontsize=7)
-    axes.set_xlim(0, 100)
-    axes.set_ylim(0, 105)
+    axes.set_xlim(-3, 108)
+    axes.set_ylim(-3, 108)
     axes.set_xlabel("Audio locality of the type (%)")
     axes.set_ylabel("Entanglement: failures answered with the edit's answer (%)")
     axes.grid(True, linestyle="--", alpha=0.5)
