@@ -48,7 +48,7 @@ from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from time import perf_counter
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 from torch import Tensor
@@ -77,6 +77,7 @@ log = logging.getLogger(__name__)
 PROTOCOLS: tuple[str, ...] = ("single", "sequential")
 MAX_REPORTED_PROBLEMS = 5
 CONNECTOR_ROLE = "connector"
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -88,6 +89,8 @@ class EvalSettings:
     batch_size: int = 32
     max_edit: int = 5
     max_gap: int = 5
+    shard: int = 0
+    num_shards: int = 1
 
     def __post_init__(self) -> None:
         if self.protocol not in PROTOCOLS:
@@ -97,6 +100,16 @@ class EvalSettings:
             )
         if self.max_new_tokens < 1 or self.batch_size < 1:
             raise ValueError("eval.max_new_tokens and eval.batch_size must be at least 1")
+        if self.num_shards < 1 or not 0 <= self.shard < self.num_shards:
+            raise ValueError(
+                f"eval.shard must lie in 0..eval.num_shards-1, got shard {self.shard} of "
+                f"{self.num_shards}"
+            )
+
+    def shard_of(self, items: Sequence[T]) -> list[T]:
+        """This job's share of the cases (single) or sequences (sequential): every
+        `num_shards`-th one from position `shard`, so that the shards together are the run."""
+        return list(items[self.shard :: self.num_shards])
 
 
 @dataclass(frozen=True)
@@ -116,6 +129,8 @@ def eval_settings(config: Mapping[str, Any]) -> EvalSettings:
         batch_size=int(config.batch_size),
         max_edit=int(sequential.get("max_edit", 5)),
         max_gap=int(sequential.get("max_gap", 5)),
+        shard=int(config.get("shard", 0)),
+        num_shards=int(config.get("num_shards", 1)),
     )
 
 

@@ -106,9 +106,11 @@ def run_protocol(
     )
     with runner.timings.measure("total"):
         if settings.protocol == "single":
-            records = runner.run_single(dataset.cases(cfg.task.get("split") or None))
+            records = runner.run_single(
+                settings.shard_of(dataset.cases(cfg.task.get("split") or None))
+            )
         else:
-            records = runner.run_sequential(dataset.sequences())
+            records = runner.run_sequential(settings.shard_of(dataset.sequences()))
     timing = {
         **runner.timings.as_dict(),
         "pre_edit/cache_hits": runner.pre_edit.hits,

@@ -21,6 +21,7 @@ from sake.evaluation.judges.base import Judge
 from sake.evaluation.lambda_sweep import job_directories
 from sake.evaluation.rejudging import build_judge, rejudge
 from sake.evaluation.report import Job, case_table, load_job, log_report, write_report
+from sake.evaluation.shards import merge_shards
 from sake.utils.run import RunContext
 from sake.utils.tracking import start_tracker
 
@@ -35,7 +36,7 @@ def sweep_task(cfg: DictConfig, run: RunContext) -> dict[str, float]:
             "python evaluate.py sweep=outputs/edit/multirun/<date>/<time>"
         )
     directory = Path(str(sweep))
-    loaded = [load_job(job) for job in sweep_jobs(directory)]
+    loaded = merge_shards([load_job(job) for job in sweep_jobs(directory)])
     judges = {protocol: build_judge(cfg, protocol) for protocol in {j.protocol for j in loaded}}
     jobs = [rejudged(job, judges[job.protocol]) for job in loaded]
     name = next(iter(judges.values())).name
