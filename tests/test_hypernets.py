@@ -80,7 +80,7 @@ def mend_config(directory: Path, **changes: Any) -> MendConfig:
     base = MendConfig(
         name="mend", model="tiny", dataset="tiny", hypernet_dir=str(directory), roles=ROLES
     )
-    return replace(base, hidden=32, **changes)
+    return replace(base, hidden=32, rank=16, **changes)
 
 
 def ke_config(directory: Path, **changes: Any) -> KnowledgeEditorConfig:
@@ -776,3 +776,34 @@ def test_edit_py_refuses_a_missing_hypernetwork_naming_the_train_command(
     command = "train it with: python train.py method=mend model=desta_tiny"
     with pytest.raises(HypernetUnavailableError, match=command):
         run_task(edit)
+
+
+MEND_REFERENCE = Path(__file__).parent / "data" / "mend_reference.json"
+
+
+def test_reference_mend_mlp_matches_the_reference_idmlp() -> None:
+    """The reference's IDMLP, its parameters loaded into the project's low-rank transform:
+    the same parameter count and the same output for every matrix slot."""
+    import json
+
+    from sake.hypernets.mend import LowRankTransform
+
+    fixture = json.loads(MEND_REFERENCE.read_text(encoding="utf-8"))
+
+    def tensor(entry: dict) -> torch.Tensor:
+        return torch.tensor(entry["values"]).reshape(entry["shape"])
+
+    transform = LowRankTransform(fixture["dim"], fixture["n_modes"], fixture["rank"], n_hidden=1)
+    assert sum(p.numel() for p in transform.parameters()) == fixture["n_parameters"]
+    names = {"u": "up", "v": "down", "bias": "bias"}
+    names |= {"mode_scale.weight": "scale", "mode_shift.weight": "shift"}
+    state = {
+        f"layers.{key.split('.')[1]}.{names[key.split('.', 2)[2]]}": tensor(entry)
+        for key, entry in fixture["state"].items()
+    }
+    transform.load_state_dict(state)
+    x = tensor(fixture["input"])
+    for mode, expected in fixture["outputs"].items():
+        with torch.no_grad():
+            got = transform(x, int(mode))
+        torch.testing.assert_close(got, torch.tensor(expected), rtol=1e-4, atol=1e-5)

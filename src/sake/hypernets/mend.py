@@ -2,7 +2,9 @@
 
 The edit loss's gradient with respect to an edited weight is `sum_t delta_t x_t^T`. MEND never
 builds that matrix: per token it normalises the pair (x_t, delta_t) with running statistics
-gathered in training, passes it through a small MLP that starts as the identity, and returns
+gathered in training, passes it through an MLP that starts as the identity (`network`:
+`reference`, the reference's low-rank IDMLP of rank `rank` with `n_hidden` + 1 layers, or
+`project`, `n_blocks` residual blocks `hidden` wide), and returns
 
     ΔW = -lr_m * sum_t delta~_t x~_t^T
 
@@ -88,6 +90,40 @@ class FactorTransform(nn.Module):
         return self.blocks(z * self.scale[matrix] + self.shift[matrix])
 
 
+class LowRankLayer(nn.Module):
+    """x + relu((up @ down @ x + bias) * scale[m] + shift[m]): a low-rank residual layer that
+    starts as the identity (`up` is zero), with one scale and shift per matrix m."""
+
+    def __init__(self, dim: int, rank: int, n_matrices: int) -> None:
+        super().__init__()
+        width = min(rank, dim)
+        self.up = nn.Parameter(torch.zeros(dim, width))
+        self.down = nn.Parameter(torch.randn(width, dim))
+        self.bias = nn.Parameter(torch.zeros(dim))
+        self.scale = nn.Parameter(torch.ones(n_matrices, dim))
+        self.shift = nn.Parameter(torch.zeros(n_matrices, dim))
+
+    def forward(self, z: Tensor, matrix: int) -> Tensor:
+        pre = (z @ self.down.T) @ self.up.T + self.bias
+        return (pre * self.scale[matrix] + self.shift[matrix]).clamp(min=0) + z
+
+
+class LowRankTransform(nn.Module):
+    """The reference's MEND MLP (IDMLP of `easyeditor/trainer/algs/local_nn.py`): `n_hidden` + 1
+    low-rank residual layers over the concatenated factors, shared by the matrices of a shape."""
+
+    def __init__(self, dim: int, n_matrices: int, rank: int, n_hidden: int) -> None:
+        super().__init__()
+        self.layers = nn.ModuleList(
+            LowRankLayer(dim, rank, n_matrices) for _ in range(n_hidden + 1)
+        )
+
+    def forward(self, z: Tensor, matrix: int) -> Tensor:
+        for layer in self.layers:
+            z = layer(z, matrix)
+        return z
+
+
 class MEND(nn.Module):
     """One MEND hypernetwork for a fixed set of edited matrices (weight name -> (out, in))."""
 
@@ -99,6 +135,9 @@ class MEND(nn.Module):
         n_blocks: int,
         edit_lr: float,
         preserve_rank: int = 0,
+        network: str = "reference",
+        rank: int = 1920,
+        n_hidden: int = 1,
     ) -> None:
         super().__init__()
         if not shapes:
@@ -111,16 +150,15 @@ class MEND(nn.Module):
             name: [n for n in self.names if self.shapes[n] == self.shapes[name]].index(name)
             for name in self.names
         }
+
+        def transform(shape: tuple[int, int]) -> nn.Module:
+            dim, count = shape[0] + shape[1], sum(self.shapes[n] == shape for n in self.names)
+            if network == "reference":
+                return LowRankTransform(dim, count, rank, n_hidden)
+            return FactorTransform(dim, count, hidden, n_blocks)
+
         self.transforms = nn.ModuleDict(
-            {
-                self.shape_keys[shape]: FactorTransform(
-                    shape[0] + shape[1],
-                    sum(self.shapes[name] == shape for name in self.names),
-                    hidden,
-                    n_blocks,
-                )
-                for shape in distinct
-            }
+            {self.shape_keys[shape]: transform(shape) for shape in distinct}
         )
         self.moments = nn.ModuleList(RunningMoments(sum(self.shapes[n])) for n in self.names)
         self.edit_lrs = nn.Parameter(torch.full((len(self.names),), float(edit_lr)))

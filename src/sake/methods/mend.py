@@ -12,7 +12,10 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 from sake.hypernets.mend import MEND
+from sake.methods.base import check_choice
 from sake.methods.hypernet import DEFAULT_ROLES, HypernetEditor
+
+MEND_NETWORKS = ("reference", "project")
 
 
 @dataclass(frozen=True)
@@ -20,9 +23,11 @@ class MendConfig:
     """Hyperparameters of MEND; exactly the fields of `configs/method/mend.yaml`.
 
     `roles` name the modules whose linear layers are edited; `include_end` scores the
-    end-of-turn token as part of the edit target; `hidden`, `n_blocks` and `edit_lr` (the
-    initial per-matrix learning rate) shape the network; `preserve_rank` input directions of
-    unrelated text per matrix are left alone by every update (`sake.hypernets.subspace`).
+    end-of-turn token as part of the edit target; `network` picks the MLP (`reference`: the
+    reference's low-rank IDMLP, `rank` and `n_hidden`; `project`: residual blocks, `hidden` and
+    `n_blocks`); `edit_lr` is the initial per-matrix learning rate; `preserve_rank` input
+    directions of unrelated text per matrix are left alone by every update
+    (`sake.hypernets.subspace`).
     """
 
     name: str
@@ -31,19 +36,33 @@ class MendConfig:
     hypernet_dir: str
     roles: tuple[str, ...] = DEFAULT_ROLES
     include_end: bool = True
+    network: str = "reference"
+    rank: int = 1920
+    n_hidden: int = 1
     hidden: int = 512
     n_blocks: int = 1
     edit_lr: float = 1e-4
     preserve_rank: int = 0
 
-    network_fields: ClassVar[tuple[str, ...]] = ("hidden", "n_blocks", "edit_lr", "preserve_rank")
+    network_fields: ClassVar[tuple[str, ...]] = (
+        "network",
+        "rank",
+        "n_hidden",
+        "hidden",
+        "n_blocks",
+        "edit_lr",
+        "preserve_rank",
+    )
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "roles", tuple(self.roles))
         if not self.roles:
             raise ValueError(f"{self.name}: roles must name at least one module to edit")
-        if self.hidden < 1 or self.n_blocks < 1:
-            raise ValueError(f"{self.name}: hidden and n_blocks must be at least 1")
+        check_choice(self.name, "network", self.network, MEND_NETWORKS)
+        if min(self.hidden, self.n_blocks, self.rank) < 1 or self.n_hidden < 0:
+            raise ValueError(
+                f"{self.name}: hidden, n_blocks and rank must be at least 1, n_hidden at least 0"
+            )
 
     def build_network(self, shapes: Mapping[str, Sequence[int]], embedding_dim: int) -> MEND:
         return MEND(
@@ -52,6 +71,9 @@ class MendConfig:
             n_blocks=self.n_blocks,
             edit_lr=self.edit_lr,
             preserve_rank=self.preserve_rank,
+            network=self.network,
+            rank=self.rank,
+            n_hidden=self.n_hidden,
         )
 
 
