@@ -213,7 +213,7 @@ def test_untrained_mend_is_an_identity_mlp_and_refuses_without_statistics(
 def test_ke_update_is_a_rank_one_mask_of_the_gradient_plus_a_rank_one_offset(
     lalm: DestaLALM, release: SakeRelease, tmp_path: Path
 ) -> None:
-    config = ke_config(tmp_path)
+    config = ke_config(tmp_path, network="project")
     matrices = edited_matrices(lalm, config.roles)
     signal = signal_for(lalm, release.splits["test"][0], config)
     fresh = new_network(config, lalm, matrices)
@@ -807,3 +807,52 @@ def test_reference_mend_mlp_matches_the_reference_idmlp() -> None:
         with torch.no_grad():
             got = transform(x, int(mode))
         torch.testing.assert_close(got, torch.tensor(expected), rtol=1e-4, atol=1e-5)
+
+
+KE_REFERENCE = Path(__file__).parent / "data" / "ke_reference.json"
+
+
+def test_reference_ke_head_matches_the_reference_conditioned_parameter() -> None:
+    """EFK's per-matrix head, its parameters loaded into the project's: the same parameter
+    count and the same update for a fixed condition and gradient."""
+    import json
+
+    from sake.hypernets.ke import ConditionedHead
+
+    fixture = json.loads(KE_REFERENCE.read_text(encoding="utf-8"))
+
+    def tensor(entry: dict) -> torch.Tensor:
+        return torch.tensor(entry["values"]).reshape(entry["shape"])
+
+    head = ConditionedHead(
+        fixture["condition_dim"], fixture["hidden"], fixture["out_features"], fixture["in_features"]
+    )
+    assert sum(p.numel() for p in head.parameters()) == fixture["n_parameters"]
+    parts = {"weight_g": "parametrizations.weight.original0", "bias": "bias"}
+    parts["weight_v"] = "parametrizations.weight.original1"
+    state = {
+        f"layers.{key.split('.')[1]}.{parts[key.split('.')[2]]}": tensor(entry)
+        for key, entry in fixture["state"].items()
+    }
+    head.load_state_dict(state)
+    with torch.no_grad():
+        update = head(torch.tensor(fixture["condition"]), tensor(fixture["gradient"]), 1.0)
+    torch.testing.assert_close(update, tensor(fixture["update"]), rtol=1e-4, atol=1e-5)
+
+
+def test_reference_ke_reads_the_edits_tokens_through_its_own_embedding(
+    lalm: DestaLALM, release: SakeRelease, tmp_path: Path
+) -> None:
+    config = ke_config(tmp_path, network="reference")
+    matrices = edited_matrices(lalm, config.roles)
+    network = new_network(config, lalm, matrices)
+    signal = signal_for(lalm, release.splits["test"][0], config)
+    model_embedding = lalm.modules.resolve("llm.embed").module.weight
+    assert torch.equal(network.embedding.weight, model_embedding.float())
+    assert torch.equal(network.embedding(signal.token_ids), signal.embeddings.float())
+    updates = network(signal)
+    assert {name: u.shape for name, u in updates.items()} == {
+        m.weight_name: m.shape for m in matrices
+    }
+    sum(u.sum() for u in updates.values()).backward()
+    assert network.embedding.weight.grad is not None  # the embedding trains with the network

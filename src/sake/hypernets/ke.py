@@ -1,5 +1,14 @@
 """KE: Knowledge Editor hypernetwork (De Cao et al., 2021).
 
+Two networks. `OneShotLearner` is the reference's (EFK's, `easyeditor/trainer/algs/efk.py`): a
+trainable token embedding (initialised from the model's) read by a BiLSTM into a condition,
+then per edited matrix a two-layer weight-normalised head giving two rank-1 masks built from a
+softmax over the output rows and free column weights, and a sigmoid scale:
+
+    ΔW = max_scale · σ(s) · ( G ⊙ (softmax(r_a)^T c_a) + softmax(r_b)^T c_b )
+
+`KnowledgeEditor` is this project's, described next.
+
 A BiLSTM reads the token embeddings of the edit (its prompt and target answer) into one
 condition vector. For every edited matrix a small head turns that vector into five parts and
 the update is a rank-1-structured transformation of the edit loss's gradient G:
@@ -136,4 +145,72 @@ class KnowledgeEditor(nn.Module):
         """Weight name -> ΔW (out, in), float32, differentiable with respect to KE."""
         return self.preserved(
             {name: parts.update() for name, parts in self.components(signal).items()}
+        )
+
+
+class ConditionedHead(nn.Module):
+    """Condition -> the masks and scale of one (out, in) matrix, as EFK's heads shape them."""
+
+    def __init__(self, condition_dim: int, hidden: int, out_features: int, in_features: int):
+        super().__init__()
+        self.out_features, self.in_features = out_features, in_features
+        weight_norm = nn.utils.parametrizations.weight_norm
+        self.layers = nn.Sequential(
+            weight_norm(nn.Linear(condition_dim, hidden)),
+            nn.Tanh(),
+            weight_norm(nn.Linear(hidden, 2 * (out_features + in_features) + 1)),
+        )
+
+    def forward(self, condition: Tensor, gradient: Tensor, max_scale: float) -> Tensor:
+        col_a, row_a, col_b, row_b, scale = self.layers(condition).split(
+            [self.in_features, self.out_features, self.in_features, self.out_features, 1]
+        )
+        mask = torch.outer(row_a.softmax(-1), col_a)
+        offset = torch.outer(row_b.softmax(-1), col_b)
+        return max_scale * torch.sigmoid(scale) * (gradient * mask + offset)
+
+
+class OneShotLearner(nn.Module):
+    """The reference's KE network (module docstring) for a fixed set of edited matrices."""
+
+    def __init__(
+        self,
+        shapes: Mapping[str, Sequence[int]],
+        *,
+        embedding: Tensor,
+        lstm_hidden: int,
+        condition_dim: int,
+        head_hidden: int,
+        max_scale: float,
+        preserve_rank: int = 0,
+    ) -> None:
+        super().__init__()
+        if not shapes:
+            raise ValueError("KE needs at least one matrix to edit")
+        self.names = list(shapes)
+        self.max_scale = float(max_scale)
+        self.embedding = nn.Embedding.from_pretrained(
+            embedding.detach().float().clone(), freeze=False, padding_idx=0
+        )
+        self.lstm = nn.LSTM(embedding.shape[1], lstm_hidden, batch_first=True, bidirectional=True)
+        self.condition = nn.Sequential(nn.Linear(2 * lstm_hidden, condition_dim), nn.Tanh())
+        self.heads = nn.ModuleList(
+            ConditionedHead(condition_dim, head_hidden, int(shapes[n][0]), int(shapes[n][1]))
+            for n in self.names
+        )
+        self.preserved = PreservedSubspace(shapes, preserve_rank)
+
+    def encode(self, token_ids: Tensor) -> Tensor:
+        """(tokens,) ids -> the condition: both directions' final LSTM states, then tanh."""
+        _, (final, _) = self.lstm(self.embedding(token_ids).unsqueeze(0))
+        return self.condition(final[:, 0].reshape(-1))
+
+    def forward(self, signal: EditSignal) -> dict[str, Tensor]:
+        """Weight name -> ΔW (out, in), float32, differentiable with respect to KE."""
+        condition = self.encode(signal.token_ids.to(self.embedding.weight.device))
+        return self.preserved(
+            {
+                name: head(condition, signal.gradient(name), self.max_scale)
+                for name, head in zip(self.names, self.heads, strict=True)
+            }
         )

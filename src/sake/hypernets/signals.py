@@ -83,12 +83,14 @@ class EditSignal:
     Per edited matrix (by weight name), `inputs[name]` is (tokens, in) and `output_grads[name]`
     is (tokens, out) at the positions where that matrix's output gradient is not zero;
     `embeddings` is (positions, hidden), the token embeddings of every position that shapes
-    the loss (prompt and target); `loss` is the edit row's NLL before the edit.
+    the loss (prompt and target), and `token_ids` (positions,) their token ids; `loss` is the
+    edit row's NLL before the edit.
     """
 
     inputs: Mapping[str, Tensor]
     output_grads: Mapping[str, Tensor]
     embeddings: Tensor
+    token_ids: Tensor
     loss: float
 
     def gradient(self, name: str) -> Tensor:
@@ -145,9 +147,9 @@ def capture_signals(
             output_grads = torch.autograd.grad(losses.sum(), outputs)
         grads = {m.weight_name: g.detach() for m, g in zip(matrices, output_grads, strict=True)}
         inputs = {matrix.weight_name: record.input(matrix.weight_name) for matrix in matrices}
-        embeddings = record.embeddings()
+        embeddings, token_ids = record.embeddings()
     signals = [
-        _row_signal(row, inputs, grads, embeddings, float(loss))
+        _row_signal(row, inputs, grads, (embeddings, token_ids), float(loss))
         for row, loss in zip(edit_rows, losses.detach(), strict=True)
     ]
     detached = ScoredPass([row.detach() for row in scored.logits], scored.token_ids)
@@ -158,7 +160,7 @@ def _row_signal(
     row: int,
     inputs: Mapping[str, Tensor],
     grads: Mapping[str, Tensor],
-    embeddings: Tensor,
+    tokens: tuple[Tensor, Tensor],
     loss: float,
 ) -> EditSignal:
     """One row's factors, per matrix at the positions where its output gradient is not zero.
@@ -175,7 +177,8 @@ def _row_signal(
     return EditSignal(
         inputs={name: x[row][shaping[name]] for name, x in inputs.items()},
         output_grads={name: grad[row][shaping[name]] for name, grad in grads.items()},
-        embeddings=embeddings[row][anywhere],
+        embeddings=tokens[0][row][anywhere],
+        token_ids=tokens[1][row][anywhere],
         loss=loss,
     )
 
@@ -214,7 +217,7 @@ class _Recorder:
 
     def __init__(self) -> None:
         self.calls: dict[str, list[tuple[Tensor, Tensor]]] = {}
-        self.embedded: list[Tensor] = []
+        self.embedded: list[tuple[Tensor, Tensor]] = []
 
     def _only(self, name: str) -> tuple[Tensor, Tensor]:
         calls = self.calls.get(name, [])
@@ -228,7 +231,8 @@ class _Recorder:
     def output(self, name: str) -> Tensor:
         return self._only(name)[1]
 
-    def embeddings(self) -> Tensor:
+    def embeddings(self) -> tuple[Tensor, Tensor]:
+        """The pass's token embeddings and the token ids they embed."""
         if len(self.embedded) != 1:
             raise RuntimeError(f"the token embedding ran {len(self.embedded)} times, not once")
         return self.embedded[0]
@@ -245,7 +249,7 @@ def _recording(lalm: Any, matrices: Sequence[EditedMatrix]) -> Iterator[_Recorde
         return hook
 
     def embedding_hook(module: nn.Module, args: tuple[Tensor, ...], output: Tensor) -> None:
-        recorder.embedded.append(output.detach())
+        recorder.embedded.append((output.detach(), args[0].detach()))
 
     embedding = lalm.modules.resolve(EMBEDDING_ROLE).module
     handles = [m.module.register_forward_hook(layer_hook(m.weight_name)) for m in matrices]

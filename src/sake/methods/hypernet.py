@@ -57,7 +57,7 @@ class HypernetConfig(Protocol):
     network_fields: tuple[str, ...]
 
     def build_network(
-        self, shapes: Mapping[str, Sequence[int]], embedding_dim: int
+        self, shapes: Mapping[str, Sequence[int]], embedding: torch.Tensor
     ) -> nn.Module: ...
 
 
@@ -70,13 +70,14 @@ def config_path(config: HypernetConfig) -> Path:
     return hypernet_path(config.hypernet_dir, config.name, config.model, config.dataset)
 
 
-def embedding_dim(lalm: LALM) -> int:
-    return int(lalm.modules.resolve(EMBEDDING_ROLE).module.weight.shape[1])
+def token_embedding(lalm: LALM) -> torch.Tensor:
+    """The model's (vocab, hidden) input embedding, which KE's reference network starts from."""
+    return lalm.modules.resolve(EMBEDDING_ROLE).module.weight.detach()
 
 
 def new_network(config: HypernetConfig, lalm: LALM, matrices: Sequence[EditedMatrix]) -> nn.Module:
     """A fresh float32 hypernetwork for `matrices` on the model's device."""
-    network = config.build_network(matrix_shapes(matrices), embedding_dim(lalm)).float()
+    network = config.build_network(matrix_shapes(matrices), token_embedding(lalm)).float()
     return network.to(matrices[0].module.weight.device)
 
 

@@ -11,8 +11,13 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import ClassVar
 
-from sake.hypernets.ke import KnowledgeEditor
+from torch import Tensor
+
+from sake.hypernets.ke import KnowledgeEditor, OneShotLearner
+from sake.methods.base import check_choice
 from sake.methods.hypernet import DEFAULT_ROLES, HypernetEditor
+
+KE_NETWORKS = ("reference", "project")
 
 
 @dataclass(frozen=True)
@@ -20,10 +25,11 @@ class KnowledgeEditorConfig:
     """Hyperparameters of KE; exactly the fields of `configs/method/ke.yaml`.
 
     `roles` name the modules whose linear layers are edited; `include_end` scores the
-    end-of-turn token as part of the edit target; `lstm_hidden` (per direction) and
-    `head_hidden` size the network; `step_size` multiplies every predicted update;
-    `preserve_rank` input directions of unrelated text per matrix are left alone by every
-    update (`sake.hypernets.subspace`).
+    end-of-turn token as part of the edit target; `network` picks the hypernetwork
+    (`reference`: EFK's `OneShotLearner`, sized by `lstm_hidden`, `condition_dim`,
+    `head_hidden` and `max_scale`; `project`: this project's, sized by `lstm_hidden`,
+    `head_hidden` and `step_size`); `preserve_rank` input directions of unrelated text per
+    matrix are left alone by every update (`sake.hypernets.subspace`).
     """
 
     name: str
@@ -32,14 +38,20 @@ class KnowledgeEditorConfig:
     hypernet_dir: str
     roles: tuple[str, ...] = DEFAULT_ROLES
     include_end: bool = True
-    lstm_hidden: int = 128
-    head_hidden: int = 256
+    network: str = "reference"
+    lstm_hidden: int = 512
+    condition_dim: int = 768
+    head_hidden: int = 512
+    max_scale: float = 1.0
     step_size: float = 1.0
     preserve_rank: int = 0
 
     network_fields: ClassVar[tuple[str, ...]] = (
+        "network",
         "lstm_hidden",
+        "condition_dim",
         "head_hidden",
+        "max_scale",
         "step_size",
         "preserve_rank",
     )
@@ -48,17 +60,30 @@ class KnowledgeEditorConfig:
         object.__setattr__(self, "roles", tuple(self.roles))
         if not self.roles:
             raise ValueError(f"{self.name}: roles must name at least one module to edit")
-        if self.lstm_hidden < 1 or self.head_hidden < 1 or self.step_size <= 0:
+        check_choice(self.name, "network", self.network, KE_NETWORKS)
+        sizes = (self.lstm_hidden, self.head_hidden, self.condition_dim)
+        if min(sizes) < 1 or self.step_size <= 0 or self.max_scale <= 0:
             raise ValueError(
-                f"{self.name}: lstm_hidden and head_hidden must be at least 1, step_size positive"
+                f"{self.name}: lstm_hidden, head_hidden and condition_dim must be at least 1, "
+                "step_size and max_scale positive"
             )
 
     def build_network(
-        self, shapes: Mapping[str, Sequence[int]], embedding_dim: int
-    ) -> KnowledgeEditor:
+        self, shapes: Mapping[str, Sequence[int]], embedding: Tensor
+    ) -> KnowledgeEditor | OneShotLearner:
+        if self.network == "reference":
+            return OneShotLearner(
+                shapes,
+                embedding=embedding,
+                lstm_hidden=self.lstm_hidden,
+                condition_dim=self.condition_dim,
+                head_hidden=self.head_hidden,
+                max_scale=self.max_scale,
+                preserve_rank=self.preserve_rank,
+            )
         return KnowledgeEditor(
             shapes,
-            embedding_dim=embedding_dim,
+            embedding_dim=int(embedding.shape[1]),
             lstm_hidden=self.lstm_hidden,
             head_hidden=self.head_hidden,
             step_size=self.step_size,

@@ -11,6 +11,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import ClassVar
 
+from torch import Tensor
+
 from sake.hypernets.mend import MEND
 from sake.methods.base import check_choice
 from sake.methods.hypernet import DEFAULT_ROLES, HypernetEditor
@@ -64,7 +66,7 @@ class MendConfig:
                 f"{self.name}: hidden, n_blocks and rank must be at least 1, n_hidden at least 0"
             )
 
-    def build_network(self, shapes: Mapping[str, Sequence[int]], embedding_dim: int) -> MEND:
+    def build_network(self, shapes: Mapping[str, Sequence[int]], embedding: Tensor) -> MEND:
         return MEND(
             shapes,
             hidden=self.hidden,
