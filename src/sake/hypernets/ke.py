@@ -61,6 +61,13 @@ class RankOneEdit:
         return self.scale * self.step_size * (self.mask * self.gradient + self.offset)
 
 
+def edited_names(shapes: Mapping[str, Sequence[int]]) -> list[str]:
+    """The weight names a KE network edits, in order; at least one."""
+    if not shapes:
+        raise ValueError("KE needs at least one matrix to edit")
+    return list(shapes)
+
+
 class ConditionEncoder(nn.Module):
     """LayerNorm, then a BiLSTM; the condition is both directions' final states."""
 
@@ -122,9 +129,7 @@ class KnowledgeEditor(nn.Module):
         preserve_rank: int = 0,
     ) -> None:
         super().__init__()
-        if not shapes:
-            raise ValueError("KE needs at least one matrix to edit")
-        self.names = list(shapes)
+        self.names = edited_names(shapes)
         self.step_size = float(step_size)
         self.encoder = ConditionEncoder(embedding_dim, lstm_hidden)
         self.heads = nn.ModuleList(
@@ -185,9 +190,7 @@ class OneShotLearner(nn.Module):
         preserve_rank: int = 0,
     ) -> None:
         super().__init__()
-        if not shapes:
-            raise ValueError("KE needs at least one matrix to edit")
-        self.names = list(shapes)
+        self.names = edited_names(shapes)
         self.max_scale = float(max_scale)
         self.embedding = nn.Embedding.from_pretrained(
             embedding.detach().float().clone(), freeze=False, padding_idx=0
