@@ -53,7 +53,8 @@ from __future__ import annotations
 
 import base64
 import math
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from time import perf_counter
 from typing import Any
@@ -231,6 +232,37 @@ def ties_merge(base: Tensor, weights: Sequence[Tensor], density: float) -> Tenso
     agree = (torch.sign(trimmed) == elected) & (trimmed != 0)
     merged = (trimmed * agree).sum(dim=0) / agree.sum(dim=0).clamp_min(1)
     return (base.float() + merged.view_as(base)).to(base.dtype)
+
+
+@dataclass
+class SideTraining:
+    """A side memory's weight under training: masked SGD with weight decay, each step
+    followed by the element-wise clamp to within `norm_constraint` of the original weight."""
+
+    side: Tensor
+    optimizer: torch.optim.Optimizer
+    mask: Tensor
+    low: Tensor
+    high: Tensor
+
+    @classmethod
+    def start(cls, memory: SideMemory, original: Tensor, config: WiseConfig) -> SideTraining:
+        side = memory.weight.clone().requires_grad_(True)
+        return cls(
+            side,
+            torch.optim.SGD([side], lr=config.lr, weight_decay=config.weight_decay),
+            memory.mask.to(side.dtype),
+            original - config.norm_constraint,
+            original + config.norm_constraint,
+        )
+
+    def step(self, loss: Tensor) -> None:
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.side.grad.mul_(self.mask)
+        self.optimizer.step()
+        with torch.no_grad():
+            self.side.copy_(torch.maximum(torch.minimum(self.side, self.high), self.low))
 
 
 class Router:
@@ -474,40 +506,25 @@ class WiseEditor:
         The memory's earlier edit prompts stay in scope (WISE's replay of the in-scope
         activation terms), so that writing a new edit does not stop them being routed here.
         """
-        assert self._projection is not None and self.state.router is not None
-        router = self.state.router
+        assert self._projection is not None
         batch = lalm.prepare([case.reliability])
         target = [self.config.target_prefix + case.reliability.answer]
         current = self._projection_inputs(lalm, batch)
         in_scope = [current, *memory.edit_inputs]
         out_of_scope = self._out_of_scope_inputs(lalm, case)
         original = self._projection.weight.detach()
-        side = memory.weight.clone().requires_grad_(True)
-        optimizer = torch.optim.SGD(
-            [side], lr=self.config.lr, weight_decay=self.config.weight_decay
-        )
-        mask = memory.mask.to(side.dtype)
-        low, high = original - self.config.norm_constraint, original + self.config.norm_constraint
-        router.install()
-        router.training_weight = side
+        training = SideTraining.start(memory, original, self.config)
+        side = training.side
         steps = 0
-        try:
-            with trainable_only(lalm.model, {}), torch.enable_grad():
-                while True:
-                    nll = lalm.target_nll(batch, target).mean()
-                    margin = self._margin_loss(side - original, in_scope, out_of_scope)
-                    loss = nll + margin
-                    if float(loss.detach()) < self.config.stop_loss or steps == self.config.steps:
-                        break
-                    optimizer.zero_grad(set_to_none=True)
-                    loss.backward()
-                    side.grad.mul_(mask)
-                    optimizer.step()
-                    steps += 1
-                    with torch.no_grad():
-                        side.copy_(torch.maximum(torch.minimum(side, high), low))
-        finally:
-            router.training_weight = None
+        with self._routed_to(lalm, side):
+            while True:
+                nll = lalm.target_nll(batch, target).mean()
+                margin = self._margin_loss(side - original, in_scope, out_of_scope)
+                loss = nll + margin
+                if float(loss.detach()) < self.config.stop_loss or steps == self.config.steps:
+                    break
+                training.step(loss)
+                steps += 1
         memory.weight = side.detach()
         memory.edit_inputs.append(current)
         distances = self._distances(memory.weight - original, current, out_of_scope)
@@ -556,53 +573,41 @@ class WiseEditor:
     ) -> tuple[int, float, dict[str, float]]:
         """The reference's training loop (module docstring); lowers the memory's threshold to
         the distance of the last forward pass when that pass had more than one row."""
-        assert self._projection is not None and self.state.router is not None
+        assert self._projection is not None
         c = self.config
-        router = self.state.router
         batch = lalm.prepare([case.reliability])
         target = [c.target_prefix + case.reliability.answer]
         edit_inputs = self._teacher_forced_inputs(lalm, batch, target)
-        text, audio = (
-            self._projection_inputs(lalm, lalm.prepare(probes)).inputs if probes else None
+        # text first, then audio: the last forward pass of each step is the audio batch
+        preservation = [
+            self._projection_inputs(lalm, lalm.prepare(probes)).inputs
             for probes in self._preservation(case)
-        )
-        preservation = [inputs for inputs in (text, audio) if inputs is not None]
+            if probes
+        ]
         last_pass = preservation[-1] if preservation else edit_inputs
         original = self._projection.weight.detach()
-        side = memory.weight.clone().requires_grad_(True)
-        optimizer = torch.optim.SGD([side], lr=c.lr, weight_decay=c.weight_decay)
-        mask = memory.mask.to(side.dtype)
-        low, high = original - c.norm_constraint, original + c.norm_constraint
+        training = SideTraining.start(memory, original, c)
+        side = training.side
         previous, latest = 0.0, math.inf
         threshold = math.nan
         steps = 0
-        router.install()
-        router.training_weight = side
-        try:
-            with trainable_only(lalm.model, {}), torch.enable_grad():
-                for step in range(c.steps):
-                    nll = lalm.target_nll(batch, target, include_end=True).mean()
-                    penalty = reference_penalty(
-                        output_distance(edit_inputs, side, original).mean(),
-                        [output_distance(x, side, original).mean() for x in preservation],
-                        c,
-                    )
-                    loss = nll + penalty
-                    if early_stopped(previous, latest, c):
-                        threshold = last_pass_distance(last_pass, side, original)
-                        break
-                    if step == c.steps - 1:
-                        threshold = last_pass_distance(last_pass, side, original)
-                    optimizer.zero_grad(set_to_none=True)
-                    loss.backward()
-                    side.grad.mul_(mask)
-                    optimizer.step()
-                    steps += 1
-                    previous, latest = latest, float(loss.detach())
-                    with torch.no_grad():
-                        side.copy_(torch.maximum(torch.minimum(side, high), low))
-        finally:
-            router.training_weight = None
+        with self._routed_to(lalm, side):
+            for step in range(c.steps):
+                nll = lalm.target_nll(batch, target, include_end=True).mean()
+                penalty = reference_penalty(
+                    output_distance(edit_inputs, side, original).mean(),
+                    [output_distance(x, side, original).mean() for x in preservation],
+                    c,
+                )
+                loss = nll + penalty
+                if early_stopped(previous, latest, c):
+                    threshold = last_pass_distance(last_pass, side, original)
+                    break
+                if step == c.steps - 1:
+                    threshold = last_pass_distance(last_pass, side, original)
+                training.step(loss)
+                steps += 1
+                previous, latest = latest, float(loss.detach())
         memory.weight = side.detach()
         if not math.isnan(threshold):
             memory.min_distance = min(memory.min_distance, threshold)
@@ -613,6 +618,20 @@ class WiseEditor:
                 "out_of_scope": float(np.mean(kept)) if kept else 0.0,
             }
         return steps, float(nll.detach()), distances
+
+    @contextmanager
+    def _routed_to(self, lalm: LALM, side: Tensor) -> Iterator[None]:
+        """Every forward pass runs the projection with `side`, with gradients flowing to it
+        alone, until the block ends."""
+        router = self.state.router
+        assert router is not None
+        router.install()
+        router.training_weight = side
+        try:
+            with trainable_only(lalm.model, {}), torch.enable_grad():
+                yield
+        finally:
+            router.training_weight = None
 
     def _teacher_forced_inputs(self, lalm: LALM, batch: Batch, target: list[str]) -> Tensor:
         """The projection's inputs on the edit prompt followed by its answer and end token."""
