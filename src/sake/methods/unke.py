@@ -31,7 +31,7 @@ over `preservation_weight` relate the locality metrics to.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from time import perf_counter
 
@@ -239,38 +239,41 @@ class UnkeEditor:
             adamw_groups(parameters, self.config.layer_weight_decay), lr=self.config.layer_lr
         )
         weight = self.config.preservation_weight
+        edit_term = self._edit_term(edit, index, target)
         with trainable_only(layer, parameters), torch.enable_grad():
             for _ in range(self.config.layer_steps):
-                edit_loss, kept_loss = self._losses(layer, edit, index, target, kept)
+                edit_loss, kept_loss = edit_term(layer), self._kept_term(layer, kept)
                 loss = edit_loss + weight * kept_loss
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
             with torch.no_grad():
-                edit_loss, kept_loss = self._losses(layer, edit, index, target, kept)
+                edit_loss, kept_loss = edit_term(layer), self._kept_term(layer, kept)
         return float(edit_loss), float(kept_loss)
 
-    def _losses(
-        self,
-        layer: nn.Module,
-        edit: LayerInputs,
-        index: int,
-        target: Tensor,
-        kept: Sequence[LayerInputs],
-    ) -> tuple[Tensor, Tensor]:
-        """The edit term and the summed preservation terms of `layer_loss`."""
+    def _edit_term(
+        self, edit: LayerInputs, index: int, target: Tensor
+    ) -> Callable[[nn.Module], Tensor]:
+        """The edit term of `layer_loss` as a function of the layer, its fixed parts made once."""
         if self.config.layer_loss == "reference":
             wanted = edit.output.clone()
             wanted[0, index] = target.to(wanted.dtype)
-            edit_loss = plain_mse(layer, edit, wanted)
-            kept_loss = sum((plain_mse(layer, k) for k in kept), torch.zeros(()))
-            return edit_loss, kept_loss
-        output = edit.call.replay(layer)[0, index].float()
+            return lambda layer: plain_mse(layer, edit, wanted)
         scale = edit.output[0, index].float().pow(2).sum().clamp_min(1e-12)
-        edit_loss = (output - target.to(output.device)).pow(2).sum() / scale
+
+        def relative_error(layer: nn.Module) -> Tensor:
+            output = edit.call.replay(layer)[0, index].float()
+            return (output - target.to(output.device)).pow(2).sum() / scale
+
+        return relative_error
+
+    def _kept_term(self, layer: nn.Module, kept: Sequence[LayerInputs]) -> Tensor:
+        """The preservation term of `layer_loss`: summed (reference) or averaged (project)."""
+        if self.config.layer_loss == "reference":
+            return sum((plain_mse(layer, k) for k in kept), torch.zeros(()))
         if not kept:
-            return edit_loss, torch.zeros(())
-        return edit_loss, sum(preservation_loss(layer, k) for k in kept) / len(kept)
+            return torch.zeros(())
+        return sum(preservation_loss(layer, k) for k in kept) / len(kept)
 
     def context(self) -> QueryContext:
         return QueryContext()
