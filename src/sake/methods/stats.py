@@ -42,20 +42,6 @@ def preservation_probes(train_cases: Iterable[EditCase]) -> list[Probe]:
     return [distinct[key] for key in sorted(distinct)]
 
 
-def balanced_sample(probes: Sequence[Probe], size: int, rng: np.random.Generator) -> list[Probe]:
-    """`size` probes drawn without replacement, half with audio and half text-only when both
-    kinds are available (the other kind fills in when one runs short)."""
-    audio = [p for p in probes if p.audio_path is not None]
-    text = [p for p in probes if p.audio_path is None]
-    n_text = min(len(text), size // 2)
-    n_audio = min(len(audio), size - n_text)
-    n_text = min(len(text), size - n_audio)
-    chosen = [audio[i] for i in rng.choice(len(audio), n_audio, replace=False)] + [
-        text[i] for i in rng.choice(len(text), n_text, replace=False)
-    ]
-    return chosen
-
-
 @dataclass(frozen=True)
 class PreservationPools:
     """What preservation prompts are drawn from: the training split's distinct text-only
