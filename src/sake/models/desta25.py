@@ -56,6 +56,7 @@ from sake.models.transcripts import (
     Transcriber,
     WhisperTranscriber,
     check_transcript_source,
+    manifest_or_none,
     silero_speech_detector,
 )
 
@@ -359,7 +360,7 @@ def desta25_transcriber(
     used only for clips not transcribed before.
     """
     if check_transcript_source(source) != "whisper":
-        return None if source == "none" else ManifestTranscriber()
+        return manifest_or_none(source, "DeSTA2.5")
     from transformers import AutoProcessor, WhisperForConditionalGeneration
 
     whisper = WhisperForConditionalGeneration.from_pretrained(str(encoder_dir)).to(device)
