@@ -15,7 +15,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
-from sake.evaluation.judges.option import choose_option, is_consistent, is_correct, normalise
+from sake.evaluation.judges.option import (
+    choose_option,
+    consistent_choices,
+    is_correct,
+    normalise,
+)
 
 MISSING_OUTPUT = "<missing>"
 
@@ -103,7 +108,7 @@ class OptionJudge:
     def _consistent(pair: ConsistencyItem) -> Verdict:
         choice_a = choose_option(pair.output_a, pair.options)
         choice_b = choose_option(pair.output_b, pair.options)
-        label = is_consistent(pair.output_a, pair.output_b, pair.options)
+        label = consistent_choices(pair.output_a, pair.output_b, choice_a, choice_b)
         explanation = (
             f"a chose {_option_text(pair.options, choice_a.index)} ({choice_a.reason}), "
             f"b chose {_option_text(pair.options, choice_b.index)} ({choice_b.reason})"

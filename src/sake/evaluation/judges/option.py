@@ -308,6 +308,11 @@ def is_consistent(output_a: str, output_b: str, options: Sequence[str]) -> bool:
     """
     choice_a = choose_option(output_a, options)
     choice_b = choose_option(output_b, options)
+    return consistent_choices(output_a, output_b, choice_a, choice_b)
+
+
+def consistent_choices(output_a: str, output_b: str, choice_a: Choice, choice_b: Choice) -> bool:
+    """`is_consistent` for outputs whose choices are already read."""
     if choice_a.index is not None or choice_b.index is not None:
         return choice_a.index == choice_b.index
     return _say_the_same(output_a, output_b, choice_a, choice_b)
