@@ -178,12 +178,12 @@ def trend_scatter(
     (`gen3_loc2_scatter.py`): a method that generalises to other clips of the edited label
     tends to change answers about other clips of the original label too.
     """
-    shown = {label: xy for label, xy in points.items() if not any(map(math.isnan, xy))}
+    shown = _finite(points)
     pyplot = _pyplot()
     figure, axes = pyplot.subplots(figsize=(6, 6))
-    for label, (x, y) in shown.items():
+    for x, y in shown.values():  # one call per point: each job its own colour
         axes.scatter(x, y, s=60, edgecolors="black")
-        axes.annotate(label, (x, y), textcoords="offset points", xytext=(5, 4), fontsize=7)
+    _label_points(axes, shown)
     xs, ys = (
         (np.array(values) for values in zip(*shown.values(), strict=True)) if shown else ([], [])
     )
@@ -201,12 +201,7 @@ def trend_scatter(
             va="top",
             bbox={"boxstyle": "round", "facecolor": "white", "edgecolor": "grey"},
         )
-    axes.set_xlim(-3, 108)  # room for the labels of points at 0 and 100
-    axes.set_ylim(-3, 108)
-    axes.set_xlabel(axis_titles[0])
-    axes.set_ylabel(axis_titles[1])
-    axes.grid(True, linestyle="--", alpha=0.5)
-    axes.set_title(title)
+    _percent_plane(axes, *axis_titles, title)
     return _save(figure, path)
 
 
@@ -218,22 +213,41 @@ def entanglement_scatter(
     pyplot = _pyplot()
     figure, axes = pyplot.subplots(figsize=(6, 6))
     for type_, by_job in sorted(points.items()):
-        shown = {label: xy for label, xy in by_job.items() if not any(map(math.isnan, xy))}
+        shown = _finite(by_job)
         if not shown:
             continue
         xs, ys = zip(*shown.values(), strict=True)
         axes.scatter(xs, ys, s=60, edgecolors="black", label=f"type {type_}")
-        for label, (x, y) in shown.items():
-            axes.annotate(label, (x, y), textcoords="offset points", xytext=(5, 4), fontsize=7)
-    axes.set_xlim(-3, 108)
-    axes.set_ylim(-3, 108)
-    axes.set_xlabel("Audio locality of the type (%)")
-    axes.set_ylabel("Entanglement: failures answered with the edit's answer (%)")
-    axes.grid(True, linestyle="--", alpha=0.5)
+        _label_points(axes, shown)
+    _percent_plane(
+        axes,
+        "Audio locality of the type (%)",
+        "Entanglement: failures answered with the edit's answer (%)",
+        "Audio-locality entanglement",
+    )
     if axes.get_legend_handles_labels()[0]:
         axes.legend(fontsize=8)
-    axes.set_title("Audio-locality entanglement")
     return _save(figure, path)
+
+
+def _finite(points: Mapping[str, tuple[float, float]]) -> dict[str, tuple[float, float]]:
+    """The points with both coordinates defined (a NaN marks a measure that does not exist)."""
+    return {label: xy for label, xy in points.items() if not any(map(math.isnan, xy))}
+
+
+def _label_points(axes: Any, points: Mapping[str, tuple[float, float]]) -> None:
+    for label, (x, y) in points.items():
+        axes.annotate(label, (x, y), textcoords="offset points", xytext=(5, 4), fontsize=7)
+
+
+def _percent_plane(axes: Any, x_title: str, y_title: str, title: str) -> None:
+    """Both axes in percent, with room for the labels of points at 0 and 100."""
+    axes.set_xlim(-3, 108)
+    axes.set_ylim(-3, 108)
+    axes.set_xlabel(x_title)
+    axes.set_ylabel(y_title)
+    axes.grid(True, linestyle="--", alpha=0.5)
+    axes.set_title(title)
 
 
 def sequential_heatmap(
