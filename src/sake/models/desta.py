@@ -296,11 +296,12 @@ class DestaLALM:
         clips = tuple(
             Path(clip) for probe in probes for clip in (*history_clips, *probe_audio(probe))
         )
-        if clips and self._transcriber is not None:
-            self._transcriber.prefetch(list(dict.fromkeys(clips)))
+        distinct = list(dict.fromkeys(clips))
+        if distinct and self._transcriber is not None:
+            self._transcriber.prefetch(distinct)
         prompts = [self.prompt_text(probe, system=system, history=history) for probe in probes]
-        if clips:
-            self._clip_features(list(dict.fromkeys(clips)))
+        if distinct:
+            self._clip_features(distinct)
         encoded = self.tokenizer(
             prompts,
             add_special_tokens=False,
