@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 from dataclasses import fields, replace
 from pathlib import Path
@@ -28,6 +29,7 @@ from sake.hypernets.manifest import (
 )
 from sake.hypernets.signals import (
     EditSignal,
+    add_to_weights,
     capture_signals,
     edited_matrices,
     input_moments,
@@ -42,11 +44,14 @@ from sake.runner import EditRunner, EvalSettings
 from sake.training.callbacks import NonFiniteLossError
 from sake.training.hypernet import (
     EditCaseDataModule,
+    EditLossSettings,
     HypernetModule,
+    HypernetOptimizerSettings,
     LocalityAnswers,
     build_module,
     fit_hypernet,
     locality_probes,
+    mean_kl,
     split_for_training,
     with_unfamiliar_text,
 )
@@ -58,6 +63,7 @@ torch.set_num_threads(1)
 ROLES = ("llm.layer[-2].mlp", "llm.layer[-1].mlp")
 ROLE_OVERRIDE = "method.roles=['llm.layer[-2].mlp','llm.layer[-1].mlp']"
 TASK_SETTINGS = Path(__file__).resolve().parents[1] / "configs" / "task" / "hypernet.yaml"
+KL_REFERENCE = Path(__file__).parent / "data" / "kl_loc_reference.json"
 MAX_NEW_TOKENS = 3
 
 
@@ -347,6 +353,90 @@ def test_the_loss_weighs_audio_and_text_locality_apart(
     assert float(losses.locality_audio) > 0 and float(losses.locality_text) > 0
     expected = 2.0 * losses.edit + 3.0 * losses.locality_audio + 5.0 * losses.locality_text
     assert float(losses.total) == pytest.approx(float(expected), rel=1e-5)
+
+
+def test_sequence_kl_is_the_references_kl_loc_loss() -> None:
+    """Values of the reference's `kl_loc_loss`, run outside the project (see the fixture)."""
+    fixture = json.loads(KL_REFERENCE.read_text(encoding="utf-8"))
+    for case in fixture["cases"]:
+        kept = torch.tensor(case["mask"]) > 0
+        pre, post = torch.tensor(case["pre"])[kept], torch.tensor(case["post"])[kept]
+        assert float(mean_kl(pre, post)) == pytest.approx(case["kl"], rel=1e-5)
+
+
+def test_reference_recipe_sums_generality_nlls_and_whole_sequence_kls(
+    lalm: DestaLALM, release: SakeRelease, tmp_path: Path
+) -> None:
+    """The hook-added update, scored by the module, equals the update added to the weights
+    and scored probe by probe: 0.1 x the sum of the generality NLLs plus the sum of the
+    locality KLs over every position of prompt + dataset answer."""
+    module = build_module(mend_config(tmp_path, edit_lr=1e-2), lalm, task_settings(), seed=0)
+    case = release.splits["train"][0]
+    with torch.no_grad():
+        module.train().edit_losses(release.splits["train"][:2])  # MEND's running statistics
+    module.network.eval()
+    assert module.loss_settings == EditLossSettings(
+        c_edit=0.1,
+        shared_text_locality=False,
+        reliability=False,
+        locality_answers="dataset",
+        kl_positions="sequence",
+        aggregate="sum",
+    )
+    with torch.no_grad():
+        losses = module.edit_losses([case])
+    edit_batch = lalm.prepare([case.reliability])
+    signals, _ = capture_signals(
+        lalm, edit_batch, [case.reliability.answer], module.matrices, [0], include_end=True
+    )
+    with torch.no_grad():
+        update = module.network(signals[0])
+
+    def sequence(probe: Any) -> torch.Tensor:
+        with torch.no_grad():
+            batch = lalm.prepare([probe])
+            return lalm.sequence_logits(batch, [probe.answer], include_end=True)[0]
+
+    before = parameters(lalm)
+    pre = {probe: sequence(probe) for probe in locality_probes(case)}
+    add_to_weights(module.matrices, update)
+    try:
+        kls = {probe: float(mean_kl(pre[probe], sequence(probe))) for probe in pre}
+        with torch.no_grad():
+            nlls = [
+                float(lalm.target_nll(lalm.prepare([p]), [p.answer], include_end=True)[0])
+                for p in case.generality
+            ]
+    finally:
+        with torch.no_grad():
+            for name, parameter in lalm.model.named_parameters():
+                parameter.copy_(before[name])
+    audio = sum(kl for probe, kl in kls.items() if probe in case.locality_audio)
+    text = sum(kl for probe, kl in kls.items() if probe in case.locality_text)
+    assert audio > 0 and text > 0
+    assert float(losses.edit) == pytest.approx(sum(nlls), rel=1e-4)
+    assert float(losses.locality_audio) == pytest.approx(audio, rel=1e-3)
+    assert float(losses.locality_text) == pytest.approx(text, rel=1e-3)
+    assert float(losses.total) == pytest.approx(0.1 * sum(nlls) + audio + text, rel=1e-3)
+
+
+def test_edit_rates_stepped_by_both_optimizers_are_one_step_at_the_summed_rate() -> None:
+    """The reference steps MEND's edit learning rates with its outer Adam (lr) and its own
+    (lr_lr); `edit_lrs_in_outer` gives the same trajectory with one optimizer."""
+    settings = HypernetOptimizerSettings(name="Adam", lr=1e-3, lr_lr=1e-2, edit_lrs_in_outer=True)
+    gradients = [torch.randn(3, generator=torch.Generator().manual_seed(k)) for k in range(5)]
+    twice = torch.nn.Parameter(torch.ones(3))
+    once = torch.nn.Parameter(torch.ones(3))
+    outer, own = torch.optim.Adam([twice], lr=settings.lr), torch.optim.Adam([twice], lr=1e-2)
+    single = torch.optim.Adam([once], lr=settings.edit_lr_rate)
+    for gradient in gradients:
+        twice.grad, once.grad = gradient.clone(), gradient.clone()
+        outer.step()
+        own.step()
+        single.step()
+    torch.testing.assert_close(once, twice)
+    with pytest.raises(ValueError, match="torch.optim"):
+        HypernetOptimizerSettings(name="Adamm")
 
 
 def test_training_never_asks_the_validation_slices_text_questions(release: SakeRelease) -> None:
@@ -683,7 +773,27 @@ def test_method_configs_are_exactly_the_dataclasses(
 
 @pytest.mark.parametrize("method", sorted(CONFIGS))
 def test_train_py_with_a_hypernetwork_method_trains_it(compose_cfg, method: str) -> None:
-    assert compose_cfg("train", [f"method={method}"]).task.name == "hypernet"
+    task = compose_cfg("train", [f"method={method}"]).task
+    assert task.name == "hypernet"
+    reference = {"ke": ("RMSprop", 3e-4), "mend": ("Adam", 1e-6)}[method]
+    assert (task.optimizer.name, task.optimizer.lr) == reference
+    assert (task.cases_per_step, task.trainer.max_steps, task.trainer.gradient_clip_val) == (
+        2,
+        1800,
+        100.0,
+    )
+    assert (task.loss.c_edit, task.loss.kl_positions, task.loss.aggregate) == (
+        0.1,
+        "sequence",
+        "sum",
+    )
+    project = compose_cfg("train", [f"method={method}", "recipe=project"]).task
+    assert (project.optimizer.name, project.loss.kl_positions, project.cases_per_step) == (
+        "AdamW",
+        "answer",
+        4,
+    )
+    assert project.loss.c_loc_text == {"ke": 200.0, "mend": 100.0}[method]
     assert compose_cfg("train", []).task.name == "corpus"
     assert compose_cfg("edit", [f"method={method}"]).task.name == "edit"
 
@@ -784,8 +894,6 @@ MEND_REFERENCE = Path(__file__).parent / "data" / "mend_reference.json"
 def test_reference_mend_mlp_matches_the_reference_idmlp() -> None:
     """The reference's IDMLP, its parameters loaded into the project's low-rank transform:
     the same parameter count and the same output for every matrix slot."""
-    import json
-
     from sake.hypernets.mend import LowRankTransform
 
     fixture = json.loads(MEND_REFERENCE.read_text(encoding="utf-8"))
@@ -815,8 +923,6 @@ KE_REFERENCE = Path(__file__).parent / "data" / "ke_reference.json"
 def test_reference_ke_head_matches_the_reference_conditioned_parameter() -> None:
     """EFK's per-matrix head, its parameters loaded into the project's: the same parameter
     count and the same update for a fixed condition and gradient."""
-    import json
-
     from sake.hypernets.ke import ConditionedHead
 
     fixture = json.loads(KE_REFERENCE.read_text(encoding="utf-8"))

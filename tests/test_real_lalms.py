@@ -170,6 +170,26 @@ def test_left_padded_batch_equals_each_probe_alone(
 
 
 @pytest.mark.parametrize("name", TINY)
+@pytest.mark.parametrize("include_end", [False, True])
+def test_sequence_logits_cover_prompt_and_answer_and_end_in_the_answer_logits(
+    lalms: dict[str, LALM], probes: list[Probe], name: str, include_end: bool
+) -> None:
+    lalm = lalms[name]
+    batch = lalm.prepare(probes)
+    targets = ["male", "Paris", "dog"]
+    rows = lalm.sequence_logits(batch, targets, include_end=include_end)
+    answers = lalm.answer_logits(batch, targets, include_end=include_end)
+    token_ids = lalm.target_token_ids(batch, targets, include_end=include_end)
+    for index, (row, answer, ids) in enumerate(zip(rows, answers, token_ids, strict=True)):
+        prompt_length = int(batch.attention_mask[index].sum())
+        assert row.shape[0] == prompt_length + len(ids)
+        torch.testing.assert_close(row[-len(ids) - 1 : -1], answer, rtol=1e-4, atol=1e-4)
+        single = lalm.prepare([probes[index]])
+        alone = lalm.sequence_logits(single, [targets[index]], include_end=include_end)[0]
+        torch.testing.assert_close(row, alone, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("name", TINY)
 @pytest.mark.parametrize("target", TARGETS)
 def test_target_tokens_inside_the_chat_sequence_are_the_answer_tokens(
     lalms: dict[str, LALM], probes: list[Probe], name: str, target: str

@@ -104,22 +104,36 @@ class EditSignal:
 
 @dataclass(frozen=True)
 class ScoredPass:
-    """One teacher-forced pass: per row the answer logits and the answer's token ids."""
+    """One teacher-forced pass: per row the answer logits and the answer's token ids, and,
+    when asked for, the logits at every position of the row's prompt and answer."""
 
     logits: list[Tensor]
     token_ids: list[Tensor]
+    sequence: list[Tensor] | None = None
 
     def nll(self, row: int) -> Tensor:
         """Mean NLL per answer token of one row."""
         return nn.functional.cross_entropy(self.logits[row], self.token_ids[row])
 
+    def detached(self) -> ScoredPass:
+        sequence = None if self.sequence is None else [row.detach() for row in self.sequence]
+        return ScoredPass([row.detach() for row in self.logits], self.token_ids, sequence)
 
-def scored_pass(lalm: Any, batch: Batch, targets: Sequence[str], include_end: bool) -> ScoredPass:
-    """Answer logits (differentiable when grad is on) and token ids of every row's target."""
-    logits = lalm.answer_logits(batch, targets, include_end=include_end)
+
+def scored_pass(
+    lalm: Any, batch: Batch, targets: Sequence[str], include_end: bool, *, sequence: bool = False
+) -> ScoredPass:
+    """Answer logits (differentiable when grad is on) and token ids of every row's target;
+    with `sequence`, from the logits of every position, which the pass keeps too."""
     ids = lalm.target_token_ids(batch, targets, include_end=include_end)
+    if sequence:
+        rows = lalm.sequence_logits(batch, targets, include_end=include_end)
+        logits = [row[-len(row_ids) - 1 : -1] for row, row_ids in zip(rows, ids, strict=True)]
+    else:
+        rows = None
+        logits = lalm.answer_logits(batch, targets, include_end=include_end)
     device = logits[0].device
-    return ScoredPass(logits, [torch.tensor(row, device=device) for row in ids])
+    return ScoredPass(logits, [torch.tensor(row, device=device) for row in ids], rows)
 
 
 def capture_signals(
@@ -130,8 +144,10 @@ def capture_signals(
     edit_rows: Sequence[int],
     *,
     include_end: bool,
+    sequence: bool = False,
 ) -> tuple[list[EditSignal], ScoredPass]:
-    """The edit signal of every row in `edit_rows`, and the pass's detached logits.
+    """The edit signal of every row in `edit_rows`, and the pass's detached logits (with
+    every position's, when `sequence`).
 
     Gradients flow to the edited matrices only (no graph is built below the first of them);
     the model's weights and their requires_grad flags are left exactly as they were.
@@ -141,7 +157,7 @@ def capture_signals(
     weights = {matrix.weight_name: matrix.module.weight for matrix in matrices}
     with _recording(lalm, matrices) as record, trainable_only(lalm.model, weights):
         with torch.enable_grad():
-            scored = scored_pass(lalm, batch, targets, include_end)
+            scored = scored_pass(lalm, batch, targets, include_end, sequence=sequence)
             losses = torch.stack([scored.nll(row) for row in edit_rows])
             outputs = [record.output(matrix.weight_name) for matrix in matrices]
             output_grads = torch.autograd.grad(losses.sum(), outputs)
@@ -152,8 +168,7 @@ def capture_signals(
         _row_signal(row, inputs, grads, (embeddings, token_ids), float(loss))
         for row, loss in zip(edit_rows, losses.detach(), strict=True)
     ]
-    detached = ScoredPass([row.detach() for row in scored.logits], scored.token_ids)
-    return signals, detached
+    return signals, scored.detached()
 
 
 def _row_signal(

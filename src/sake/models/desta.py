@@ -70,7 +70,9 @@ from sake.models.tokenizer import (
     EOS,
     IM_END,
     PAD,
+    left_pad,
     load_tokenizer,
+    sequence_rows,
     special_token_ids,
     target_row,
     tokenizer_identity,
@@ -371,6 +373,26 @@ class DestaLALM:
         return [
             row[scored != IGNORE_INDEX].float() for row, scored in zip(logits, labels, strict=True)
         ]
+
+    def sequence_logits(
+        self, batch: Batch, targets: Sequence[str], *, include_end: bool = False
+    ) -> list[Tensor]:
+        """Per row, float32 logits at every position of prompt + target (+ end-of-turn with
+        `include_end`), (L_i, vocab), padding left out; differentiable.
+
+        What a KL over whole sequences compares (the reference's hypernetwork locality loss);
+        the last `len(target_token_ids(...)[i]) + 1` rows of row i's logits, but its last,
+        are `answer_logits(...)[i]`.
+        """
+        rows = sequence_rows(self._target_rows(batch, targets), include_end)
+        input_ids, attention_mask = left_pad(rows, self._pad_id)
+        logits = self._llm_logits(
+            input_ids.to(self.device),
+            attention_mask.to(self.device),
+            batch,
+            keep=int(input_ids.shape[1]),
+        )
+        return [row[-len(ids) :].float() for row, ids in zip(logits, rows, strict=True)]
 
     def target_token_ids(
         self, batch: Batch, targets: Sequence[str], *, include_end: bool = False

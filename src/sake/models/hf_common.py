@@ -51,7 +51,7 @@ from sake.models.desta import (
 )
 from sake.models.modeling_desta import position_ids_from_attention_mask
 from sake.models.roles import ModuleMap
-from sake.models.tokenizer import target_row, tokenizer_identity
+from sake.models.tokenizer import left_pad, sequence_rows, target_row, tokenizer_identity
 
 PATH_OPTION = "model.path"
 HUB_FILE_PATTERNS = ("*.json", "*.jinja", "*.txt", "*.model", "*.tiktoken", "*.safetensors")
@@ -350,18 +350,6 @@ def _lm_head_name(model: nn.Module, language_model: str) -> str:
 # --------------------------------------------------------------------------- text
 
 
-def left_pad(rows: Sequence[Sequence[int]], pad_id: int) -> tuple[Tensor, Tensor]:
-    """Token rows -> left-padded (ids, attention mask)."""
-    width = max(len(row) for row in rows)
-    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(rows), width), dtype=torch.long)
-    for index, row in enumerate(rows):
-        if row:
-            ids[index, width - len(row) :] = torch.tensor(list(row), dtype=torch.long)
-            mask[index, width - len(row) :] = 1
-    return ids, mask
-
-
 def expand_placeholders(text: str, placeholder: str, counts: Sequence[int]) -> str:
     """Repeat the i-th `placeholder` of `text` `counts[i]` times; the counts must match."""
     parts = text.split(placeholder)
@@ -655,6 +643,16 @@ class HFAudioLALM:
         return [
             row[scored != IGNORE_INDEX].float() for row, scored in zip(logits, labels, strict=True)
         ]
+
+    def sequence_logits(
+        self, batch: Batch, targets: Sequence[str], *, include_end: bool = False
+    ) -> list[Tensor]:
+        """Per row, float32 logits at every position of prompt + target (+ end-of-turn with
+        `include_end`), (L_i, vocab), padding left out; differentiable (see DestaLALM's)."""
+        rows = sequence_rows(self._target_rows(batch, targets), include_end)
+        input_ids, attention_mask = left_pad(rows, self._pad_id)
+        logits = self._logits(input_ids, attention_mask, batch, keep=int(input_ids.shape[1]))
+        return [row[-len(ids) :].float() for row, ids in zip(logits, rows, strict=True)]
 
     def target_token_ids(
         self, batch: Batch, targets: Sequence[str], *, include_end: bool = False

@@ -12,7 +12,9 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
+import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+from torch import Tensor
 from transformers import PreTrainedTokenizerBase, PreTrainedTokenizerFast
 
 PAD, BOS, EOS = "<|pad|>", "<|bos|>", "<|eos|>"
@@ -122,3 +124,21 @@ def target_row(
             f"in context {in_context}, alone {alone}"
         )
     return ids, len(alone), len(end_ids)
+
+
+def sequence_rows(rows: Sequence[tuple[list[int], int, int]], include_end: bool) -> list[list[int]]:
+    """`target_row` results as token rows: prompt + target, with the end-of-turn tokens when
+    `include_end`."""
+    return [ids if include_end else ids[: len(ids) - n_end] for ids, _, n_end in rows]
+
+
+def left_pad(rows: Sequence[Sequence[int]], pad_id: int) -> tuple[Tensor, Tensor]:
+    """Token rows -> left-padded (ids, attention mask)."""
+    width = max(len(row) for row in rows)
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for index, row in enumerate(rows):
+        if row:
+            ids[index, width - len(row) :] = torch.tensor(list(row), dtype=torch.long)
+            mask[index, width - len(row) :] = 1
+    return ids, mask

@@ -1,29 +1,35 @@
-"""Training KE and MEND hypernetworks on a dataset's training split (MEND's recipe).
+"""Training KE and MEND hypernetworks on a dataset's training split.
 
 Per step, every case of the batch is edited with its own predicted update: one teacher-forced
 pass over the cases' reliability probes reads the edit signals (and, in the same pass, the
-pre-edit answer distributions of the locality probes); the hypernetwork predicts one update
-per case; a second pass runs every case's probes with its update added. The loss is
+pre-edit distributions of the locality probes); the hypernetwork predicts one update per case;
+a second pass runs every case's probes with its update added. Per case the loss is
 
     c_edit · NLL(generality [+ reliability]) + c_loc · KL(audio locality) + c_loc_text · KL(text)
 
-with the NLL and the KL taken over answer tokens only (padding never enters). Locality is
-measured by comparing post-edit with pre-edit outputs, so the KL follows, by default, the
-answer the unedited model itself gives to each locality probe (its greedy output, generated
-once per probe through the runner's pre-edit cache): argmax agreement along that answer is
-then exactly "the edited model still says the same", the locality agreement logged. Each term
-is averaged over a case's probes of its kind, then over the cases.
+averaged over the cases of the step. Two recipes fill it in (`recipe=reference|project`):
+
+- reference, SAKE's (`easyeditor/trainer/LALMTrainer.py` `edit_step`, `losses.kl_loc_loss`,
+  `hparams/TRAINING/{EFK,MEND}/*.yaml`): the generality NLLs (mean per answer token) and the
+  locality KLs are summed over a case's probes, c_edit 0.1 and both c_loc 1; each KL follows
+  the probe's dataset answer and is averaged over every position of prompt and answer; two
+  cases per optimizer step (batch 1, gradient accumulation 2), clipping at 100.
+- project: the terms are averaged over a case's probes and taken over answer tokens only;
+  the KL follows the answer the unedited model itself gives to each locality probe (its
+  greedy output, generated once per probe through the runner's pre-edit cache), so argmax
+  agreement along it is exactly "the edited model still says the same", the locality
+  agreement logged; text locality weighs more and is checked harder (below).
 
 Text locality is the hard side: the test split asks text questions the training split never
 does. A model that learnt the training split's text questions answers them with near
 certainty, so their KL is close to zero whatever the edit does, while its answers to unseen
-questions are full of near-ties that any stray change of its hidden states flips. Hence, with
-`unfamiliar_text`, every case also gets its text question asked with another question's
-options, which the model has not learnt either (`with_unfamiliar_text`); with
-`shared_text_locality` every edit of a batch is checked against the text-locality probes of
-the batch's other cases too; validation asks only text questions that training never sees;
-and a network built with `preserve_rank` > 0 first fits the input directions its updates leave
-alone to the training split's text questions (`sake.hypernets.subspace`). The model's
+questions are full of near-ties that any stray change of its hidden states flips. Hence, in
+the project's recipe, with `unfamiliar_text` every case also gets its text question asked with
+another question's options, which the model has not learnt either (`with_unfamiliar_text`);
+with `shared_text_locality` every edit of a batch is checked against the text-locality probes
+of the batch's other cases too. Validation asks only text questions that training never sees,
+and a network built with `preserve_rank` > 0 first fits the input directions its updates
+leave alone to the training split's text questions (`sake.hypernets.subspace`). The model's
 weights never change: updates enter through forward hooks, so only the hypernetwork learns.
 
 Checkpoints hold only the hypernetwork (the model is not part of the LightningModule's state).
@@ -72,6 +78,8 @@ from sake.utils.run import seed_everything
 MONITOR = "val/loss"
 EDIT_LR_PARAMETER = "edit_lrs"
 LOCALITY_ANSWERS: tuple[str, ...] = ("pre_edit", "dataset")
+AGGREGATES: tuple[str, ...] = ("sum", "mean")
+KL_POSITIONS: tuple[str, ...] = ("sequence", "answer")
 Metrics = dict[str, float]
 
 
@@ -80,14 +88,15 @@ Metrics = dict[str, float]
 
 @dataclass(frozen=True)
 class EditLossSettings:
-    """Weights of the loss terms; whether the reliability probe joins the edit loss.
+    """Weights of the loss terms, how they are formed, whether reliability joins the edit loss.
 
-    `c_loc` weighs the audio-locality KL, `c_loc_text` the text-locality KL; with
-    `shared_text_locality` every edit is also checked against the batch's other text-locality
-    probes. `loc_temperature` softens both distributions of the locality KL (scaled by T² as in
-    distillation): a model sure of a locality answer hides logit changes from the plain KL,
-    while the same changes flip the answers it is unsure of. `locality_answers` is what the
-    KL follows: `pre_edit`, the unedited model's own answer, or `dataset`, the probe's answer.
+    `c_edit` weighs the edit NLL, `c_loc` the audio-locality KL, `c_loc_text` the text-locality
+    KL; with `shared_text_locality` every edit is also checked against the batch's other
+    text-locality probes. `loc_temperature` softens both distributions of the locality KL
+    (scaled by T² as in distillation). `locality_answers` is what the KL follows: `pre_edit`,
+    the unedited model's own answer, or `dataset`, the probe's answer; `kl_positions` where it
+    is taken: `sequence`, every position of prompt and answer, or `answer`, the answer tokens.
+    `aggregate` joins a case's probes of one kind: `sum` or `mean`.
     """
 
     c_edit: float = 1.0
@@ -97,30 +106,62 @@ class EditLossSettings:
     reliability: bool = True
     loc_temperature: float = 1.0
     locality_answers: str = "pre_edit"
+    kl_positions: str = "answer"
+    aggregate: str = "mean"
     include_end: bool = True
 
     def __post_init__(self) -> None:
-        if self.locality_answers not in LOCALITY_ANSWERS:
-            raise ValueError(
-                f"task.loss.locality_answers must be one of {', '.join(LOCALITY_ANSWERS)}, "
-                f"got {self.locality_answers!r}"
-            )
+        for name, allowed in (
+            ("locality_answers", LOCALITY_ANSWERS),
+            ("kl_positions", KL_POSITIONS),
+            ("aggregate", AGGREGATES),
+        ):
+            if getattr(self, name) not in allowed:
+                raise ValueError(
+                    f"task.loss.{name} must be one of {', '.join(allowed)}, "
+                    f"got {getattr(self, name)!r}"
+                )
         if min(self.c_edit, self.c_loc, self.c_loc_text) < 0 or self.loc_temperature <= 0:
             raise ValueError(
                 "task.loss: c_edit, c_loc and c_loc_text must not be negative, "
                 "loc_temperature must be positive"
             )
 
+    def joined(self, terms: Sequence[Tensor]) -> Tensor:
+        """A case's terms of one kind, summed or averaged."""
+        stacked = torch.stack(list(terms))
+        return stacked.sum() if self.aggregate == "sum" else stacked.mean()
+
 
 @dataclass(frozen=True)
 class HypernetOptimizerSettings:
-    """AdamW on the hypernetwork; MEND's per-matrix edit learning rates get `lr_lr`."""
+    """The hypernetwork's optimizer (a `torch.optim` class by name) and its rates.
 
+    MEND's per-matrix edit learning rates get `lr_lr`; with `edit_lrs_in_outer` they are also
+    stepped by the outer optimizer, as the reference steps them with both its optimizers
+    (with the same gradients, two Adam or RMSprop states agree, so that is one step at
+    `lr + lr_lr`).
+    """
+
+    name: str = "AdamW"
     lr: float = 1e-4
     lr_lr: float = 1e-4
+    edit_lrs_in_outer: bool = False
     weight_decay: float = 0.0
     warmup_steps: int = 0
     min_lr_ratio: float = 1.0
+
+    def __post_init__(self) -> None:
+        found = getattr(torch.optim, self.name, None)
+        if not (isinstance(found, type) and issubclass(found, torch.optim.Optimizer)):
+            raise ValueError(
+                f"task.optimizer.name must name a torch.optim optimizer (e.g. AdamW, Adam, "
+                f"RMSprop), got {self.name!r}"
+            )
+
+    @property
+    def edit_lr_rate(self) -> float:
+        return self.lr_lr + (self.lr if self.edit_lrs_in_outer else 0.0)
 
 
 # --------------------------------------------------------------------------- probes
@@ -147,9 +188,9 @@ def outcome_key(probe: Probe) -> str:
     raise ValueError(f"hypernetwork training uses no {probe.kind.value} probe")
 
 
-def answer_kl(pre_logits: Tensor, post_logits: Tensor, temperature: float = 1.0) -> Tensor:
+def mean_kl(pre_logits: Tensor, post_logits: Tensor, temperature: float = 1.0) -> Tensor:
     """KL(pre ‖ post) of the next-token distributions at `temperature`, times its square,
-    averaged over the answer tokens."""
+    averaged over the positions (rows) given."""
     pre = torch.log_softmax(pre_logits.float() / temperature, dim=-1)
     post = torch.log_softmax(post_logits.float() / temperature, dim=-1)
     return (pre.exp() * (pre - post)).sum(dim=-1).mean() * temperature**2
@@ -281,6 +322,7 @@ class HypernetModule(pl.LightningModule):
     def edit_losses(self, cases: Sequence[EditCase]) -> EditLosses:
         """Edit every case with its own predicted update and score the result."""
         include_end = self.loss_settings.include_end
+        sequence = self.loss_settings.kl_positions == "sequence"
         pre_probes, pre_targets, placed = self.pre_edit_rows(cases)
         post_probes: list[Probe] = []
         post_targets: list[str] = []
@@ -295,6 +337,7 @@ class HypernetModule(pl.LightningModule):
             self.matrices,
             [rows.edit_row for rows in placed],
             include_end=include_end,
+            sequence=sequence,
         )
         updates = [self.network(signal) for signal in signals]
         group_sizes = [
@@ -302,7 +345,13 @@ class HypernetModule(pl.LightningModule):
             for case, rows in zip(cases, placed, strict=True)
         ]
         with updates_added(self.matrices, updates, group_sizes):
-            post = scored_pass(self.lalm, self.lalm.prepare(post_probes), post_targets, include_end)
+            post = scored_pass(
+                self.lalm,
+                self.lalm.prepare(post_probes),
+                post_targets,
+                include_end,
+                sequence=sequence,
+            )
         return self._combine(cases, pre_probes, pre, post, placed)
 
     def pre_edit_rows(
@@ -351,6 +400,7 @@ class HypernetModule(pl.LightningModule):
         placed: Sequence[EditRows],
     ) -> EditLosses:
         settings = self.loss_settings
+        temperature = settings.loc_temperature
         outcomes: dict[str, list[float]] = defaultdict(list)
         edit_terms: list[Tensor] = []
         kind_terms: dict[ProbeKind, list[Tensor]] = defaultdict(list)
@@ -366,12 +416,16 @@ class HypernetModule(pl.LightningModule):
             kls: dict[ProbeKind, list[Tensor]] = defaultdict(list)
             for row in rows.locality_rows:
                 before, after = pre.logits[row], post.logits[post_row]
-                kls[pre_probes[row].kind].append(answer_kl(before, after, settings.loc_temperature))
+                if pre.sequence is not None and post.sequence is not None:
+                    kl = mean_kl(pre.sequence[row], post.sequence[post_row], temperature)
+                else:
+                    kl = mean_kl(before, after, temperature)
+                kls[pre_probes[row].kind].append(kl)
                 outcomes[outcome_key(pre_probes[row])].append(same_choices(before, after))
                 post_row += 1
-            edit_terms.append(torch.stack(nlls).mean())
+            edit_terms.append(settings.joined(nlls))
             for kind, values in kls.items():
-                kind_terms[kind].append(torch.stack(values).mean())
+                kind_terms[kind].append(settings.joined(values))
         edit = torch.stack(edit_terms).mean()
         audio = mean_or_zero(kind_terms[ProbeKind.LOCALITY_AUDIO], edit)
         text = mean_or_zero(kind_terms[ProbeKind.LOCALITY_TEXT], edit)
@@ -445,11 +499,12 @@ class HypernetModule(pl.LightningModule):
         others = [p for name, p in named if name.split(".")[-1] != EDIT_LR_PARAMETER]
         groups = [{"params": others, "lr": settings.lr, "weight_decay": settings.weight_decay}]
         if rates:
-            groups.append({"params": rates, "lr": settings.lr_lr, "weight_decay": 0.0})
+            groups.append({"params": rates, "lr": settings.edit_lr_rate, "weight_decay": 0.0})
         return groups
 
     def make_optimizer(self) -> torch.optim.Optimizer:
-        return torch.optim.AdamW(self.parameter_groups())
+        optimizer_class = getattr(torch.optim, self.optimizer_settings.name)
+        return optimizer_class(self.parameter_groups())
 
     def configure_optimizers(self) -> dict:
         settings = self.optimizer_settings
