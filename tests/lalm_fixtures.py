@@ -22,6 +22,7 @@ from sake.data.schema import EditCase
 from sake.data.schema import Sequence as EditSequence
 from sake.methods.ike import PROJECT_INSTRUCTIONS, SUBJECTS
 from sake.models.desta import DestaLALM, build_random_desta_tiny
+from sake.models.desta_checkpoints import save_checkpoint
 from sake.models.modeling_desta import AUDIO_ENCODER_PREFIX, CONNECTOR_PREFIX, LLM_PREFIX
 from sake.models.tokenizer import train_tokenizer
 from sake.utils.tracking import NullTracker
@@ -136,7 +137,7 @@ def save_model_dir(lalm: DestaLALM, directory: Path) -> Path:
     (directory / "config.json").write_text(json.dumps(lalm.model.config.to_dict()))
     parts = {"backbone": LLM_PREFIX, "encoder": AUDIO_ENCODER_PREFIX, "connector": CONNECTOR_PREFIX}
     for part, prefix in parts.items():
-        lalm.model.save_checkpoint(directory / f"{part}.safetensors", [prefix])
+        save_checkpoint(lalm.model, directory / f"{part}.safetensors", [prefix])
     return directory
 
 

@@ -15,14 +15,15 @@ from transformers import PreTrainedTokenizerFast
 
 from sake.data.schema import Probe, ProbeKind
 from sake.methods.hooks import ModuleRecorder
+from sake.models.audio_lalm import answer_text
 from sake.models.base import LALM, Turn
 from sake.models.desta import (
     BUILD_COMMAND,
     DestaLALM,
-    answer_text,
     build_random_desta_tiny,
     load_desta,
 )
+from sake.models.desta_checkpoints import save_checkpoint
 from sake.models.modeling_desta import (
     AUDIO_ENCODER_PREFIX,
     CONNECTOR_PREFIX,
@@ -539,7 +540,7 @@ def save_model_dir(lalm: DestaLALM, directory: Path, prefixes: dict[str, str]) -
     lalm.tokenizer.save_pretrained(str(directory / "tokenizer"))
     (directory / "config.json").write_text(json.dumps(lalm.model.config.to_dict()))
     for part, prefix in prefixes.items():
-        lalm.model.save_checkpoint(directory / f"{part}.safetensors", [prefix])
+        save_checkpoint(lalm.model, directory / f"{part}.safetensors", [prefix])
     return directory
 
 

@@ -12,8 +12,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from hydra.utils import instantiate
 
 from lalm_fixtures import release_on_disk, run_overrides
+from sake.data.schema import Probe, ProbeKind
 from sake.evaluation.records import RECORDS_FILE, read_records
 from sake.utils.run import run_task
 
@@ -42,6 +44,8 @@ class ScaleEditor:
         self.config = config
         self.name = config.name
         self.state = EditorState()
+        self.edited_roles = (config.role,)
+        self.extras = {"factor": config.factor}
 
     def prepare(self, lalm, train_cases) -> None:
         lalm.modules.resolve(self.config.role)
@@ -72,13 +76,72 @@ factor: 0.5
 """
 
 MODEL_FILE = '''
-"""The project's DeSTA-architecture model from a weights directory: an LALM in one file."""
+"""A new LALM in one file: desta_tiny's network behind the shared wrapper base, with its own
+prompt (each question before its clips, no chat-template audio handling of its own)."""
 
+import torch
+
+from sake.data.audio import read_audio
+from sake.models.audio_lalm import AudioLALM, probe_audio
 from sake.models.desta import load_desta
+from sake.models.modeling_desta import LLM_LAYERS_NAME, ROLE_MODULE_NAMES
+from sake.models.roles import ModuleMap
+from sake.models.tokenizer import IM_END
+
+
+class QuestionFirstLALM(AudioLALM):
+    def __init__(self, model, tokenizer, name):
+        modules = ModuleMap(model, ROLE_MODULE_NAMES, LLM_LAYERS_NAME)
+        super().__init__(model, tokenizer, modules, name=name, end_of_turn=IM_END)
+        self.span = tokenizer.decode(model.config.audio_span())
+
+    @property
+    def audio_window_seconds(self):
+        return float(self.model.config.encoder.max_seconds)
+
+    @property
+    def _input_device(self):
+        return torch.device("cpu")
+
+    def prompt_text(self, probe, *, system=None, history=None):
+        def content(text, clips):
+            return self._checked_text(text, "text") + "\\n" + self.span * len(clips)
+
+        messages = [{"role": "system", "content": system}] if system is not None else []
+        messages += [{"role": t.role, "content": content(t.text, t.audio)} for t in history or ()]
+        messages.append({"role": "user", "content": content(probe.question, probe_audio(probe))})
+        return self.tokenizer.apply_chat_template(
+            messages, tokenize=False, add_generation_prompt=True
+        )
+
+    def _encode_clips(self, paths):
+        sample_rate = self.model.config.encoder.sample_rate
+        waveforms = [read_audio(path, sample_rate=sample_rate) for path in paths]
+        features, mask = self.model.audio_features(waveforms)
+        return self.model.connect_audio(self.model.encode_audio_states(features, mask), mask)
+
+    def _audio(self, batch, grad):
+        paths = batch.inputs.get("audio_paths", ())
+        return torch.stack(self._clip_embeddings(list(paths), grad=grad)) if paths else None
+
+    def _logits(self, input_ids, attention_mask, batch, *, keep):
+        audio = self._audio(batch, torch.is_grad_enabled())
+        return self.model.trailing_logits(input_ids, attention_mask, audio, keep)
+
+    def _decode(self, batch, max_new_tokens):
+        return self.model.generate_scored(
+            batch.input_ids,
+            batch.attention_mask,
+            max_new_tokens=max_new_tokens,
+            eos_token_id=self._stop_ids,
+            pad_token_id=self._pad_id,
+            audio_embeds=self._audio(batch, False),
+        )
 
 
 def load(weights_dir: str, name: str):
-    return load_desta(weights_dir, name=name)
+    trained = load_desta(weights_dir)
+    return QuestionFirstLALM(trained.model, trained.tokenizer, name)
 '''
 
 MODEL_CONFIG = """
@@ -125,6 +188,7 @@ def test_a_new_method_is_one_file_and_one_config(compose_cfg, on_disk, extension
     metrics = run_task(cfg)
     records = read_records(Path(cfg.paths.output_dir) / RECORDS_FILE)
     assert [record["method"] for record in records] == ["toy_scale", "toy_scale"]
+    assert [record["edit"]["extras"] for record in records] == [{"factor": 0.5}] * 2
     assert "single/reliability" in metrics
 
 
@@ -136,3 +200,11 @@ def test_a_new_lalm_is_one_file_and_one_config(compose_cfg, on_disk, extension) 
     run_task(cfg)
     records = read_records(Path(cfg.paths.output_dir) / RECORDS_FILE)
     assert len(records) == 2 and {record["model"] for record in records} == {"toy_lalm"}
+    reliability = next(p for p in records[0]["probes"] if p["kind"] == "reliability")
+    assert isinstance(reliability["post_output"], str) and reliability["audio"]
+    lalm = instantiate(cfg.model.load)
+    probe = Probe(
+        ProbeKind.RELIABILITY, "Which animal?", "dog", (), audio_path=Path(reliability["audio"])
+    )
+    prompt = lalm.prepare([probe]).prompts[0]
+    assert prompt.index("Which animal?") < prompt.index(lalm.span)

@@ -25,7 +25,7 @@ from sake.hypernets.manifest import (
     load_hypernet,
     save_hypernet,
 )
-from sake.models.hf_common import ModelUnavailableError, resolve_model_dir
+from sake.models.hub import ModelUnavailableError, resolve_model_dir
 from sake.runner import EditDivergedError, warn_long_clips
 from sake.utils.run import RunDirectoryError, run_task, run_task_for_user
 

@@ -12,20 +12,21 @@ import torch
 from safetensors.torch import save_file
 from transformers.audio_utils import mel_filter_bank
 
+from sake.models.configuration_desta import (
+    DestaAudioEncoderConfig,
+    DestaConfig,
+    DestaConnectorConfig,
+    desta25_connector_config,
+    desta25_encoder_config,
+)
+from sake.models.desta_checkpoints import load_checkpoint, read_checkpoint, save_checkpoint
 from sake.models.mel import LogMelSpectrogram, MelConfig, mel_filterbank, stack_waveforms
 from sake.models.modeling_desta import (
     CONNECTOR_PREFIX,
     CheckpointMismatchError,
-    DestaAudioEncoderConfig,
-    DestaConfig,
-    DestaConnectorConfig,
     DestaForCausalLM,
     QFormerConnector,
     WhisperAudioEncoder,
-    desta25_connector_config,
-    desta25_encoder_config,
-    load_checkpoint,
-    read_checkpoint,
 )
 
 PAD, BOS, EOS, AUDIO, AUDIO_START, AUDIO_END = 0, 1, 2, 3, 4, 5
@@ -399,7 +400,7 @@ def test_checkpoint_round_trip_is_exact(
     trained, fresh = build(), build()
     perturb_connector(trained)
     path = tmp_path / "connector.safetensors"
-    trained.save_checkpoint(path)
+    save_checkpoint(trained, path)
     config, tensors, prefixes = read_checkpoint(path)
     assert config == trained.config and prefixes == [CONNECTOR_PREFIX]
     assert all(key.startswith(CONNECTOR_PREFIX + ".") for key in tensors)
@@ -426,7 +427,7 @@ def test_renamed_or_missing_key_is_named(tmp_path: Path) -> None:
     assert "unexpected keys ['perception.connector.layer_weight']" in message
 
     path = tmp_path / "renamed.safetensors"
-    source.save_checkpoint(path)
+    save_checkpoint(source, path)
     config, tensors, prefixes = read_checkpoint(path)
     tensors["perception.connector.layer_weight"] = tensors.pop("perception.connector.layer_weights")
     metadata = {
@@ -443,8 +444,8 @@ def test_load_without_base_needs_every_weight(
 ) -> None:
     source = build(seed=3)
     partial, full = tmp_path / "partial.safetensors", tmp_path / "full.safetensors"
-    source.save_checkpoint(partial)
-    source.save_checkpoint(full, prefixes=("perception", "llm_model"))
+    save_checkpoint(source, partial)
+    save_checkpoint(source, full, prefixes=("perception", "llm_model"))
     with pytest.raises(CheckpointMismatchError, match="llm_model.model.embed_tokens.weight"):
         load_checkpoint(partial)
     restored = load_checkpoint(full).eval()

@@ -30,8 +30,9 @@ from transformers import LlamaConfig
 from sake.data.audio import read_audio, write_audio
 from sake.data.schema import Probe, ProbeKind
 from sake.models.audio_flamingo3 import AudioFlamingo3LALM, load_audio_flamingo3
+from sake.models.audio_lalm import probe_audio
 from sake.models.base import LALM, Turn
-from sake.models.desta import DestaLALM, probe_audio
+from sake.models.desta import DestaLALM
 from sake.models.desta25 import (
     END_OF_TURN,
     empty_desta,
@@ -39,13 +40,9 @@ from sake.models.desta25 import (
     load_release_weights,
     release_parameter_name,
 )
-from sake.models.hf_common import (
-    HFAudioLALM,
-    ModelUnavailableError,
-    detect_layout,
-    endpoint_problem,
-    pretrained_placement,
-)
+from sake.models.hf_common import HFAudioLALM
+from sake.models.hf_layout import detect_layout
+from sake.models.hub import ModelUnavailableError, endpoint_problem, pretrained_placement
 from sake.models.modeling_desta import CheckpointMismatchError, DestaForCausalLM
 from sake.models.qwen2_audio import Qwen2AudioLALM, load_qwen2_audio
 from sake.models.roles import LAYER_ROLE

@@ -151,6 +151,7 @@ class Interrupting:
         self.inner, self.at, self.calls = editor, at, 0
         self.name, self.state = editor.name, editor.state
         self.touches_audio_path = editor.touches_audio_path
+        self.edited_roles, self.extras = editor.edited_roles, editor.extras
 
     def prepare(self, lalm: DestaLALM, train_cases: list[EditCase]) -> None:
         self.inner.prepare(lalm, train_cases)
@@ -336,6 +337,7 @@ class Unchanging:
 
     name = "unchanging"
     extras = {"regularizer/layer1": 0.5, "regularizer/layer2": 1.5, "regularizer/mean": 1.0}
+    edited_roles: tuple[str, ...] = ()
 
     def __init__(self, touches_audio_path: bool = False) -> None:
         self.state = EditorState()
@@ -362,6 +364,7 @@ class FirstOnly(Unchanging):
         self.inner = FineTuneEditor(
             FineTuneConfig(name="ft_llm", role="llm.layer[-1].mlp", lr=5e-2)
         )
+        self.edited_roles = self.inner.edited_roles
 
     def apply(self, lalm: DestaLALM, case: EditCase) -> EditOutcome:
         if not self.state.edits:

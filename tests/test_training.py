@@ -19,13 +19,13 @@ from transformers import PreTrainedTokenizerFast
 
 from sake.data.schema import Probe, ProbeKind
 from sake.data.synth import questions
+from sake.models.configuration_desta import DestaAudioEncoderConfig
 from sake.models.desta import build_random_desta_tiny, load_desta
 from sake.models.modeling_desta import (
     AUDIO_ENCODER_PREFIX,
     CONNECTOR_PREFIX,
     LLM_PREFIX,
     CheckpointMismatchError,
-    DestaAudioEncoderConfig,
     WhisperAudioEncoder,
 )
 from sake.models.tokenizer import AUDIO_END, AUDIO_START, IM_END, load_tokenizer

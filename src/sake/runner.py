@@ -566,16 +566,11 @@ class EditRunner:
         if not self.editor.touches_audio_path:
             return self._audio_cache()
         if not touches_audio_encoder(self.editor):
-            return self._lalm_cache("cached_encoder_states")
+            return self.lalm.cached_encoder_states()
         return nullcontext()
 
     def _audio_cache(self) -> AbstractContextManager[None]:
-        return self._lalm_cache("cached_audio_embeddings")
-
-    def _lalm_cache(self, name: str) -> AbstractContextManager[None]:
-        """The model's cache context of that name, for models that keep one."""
-        cached = getattr(self.lalm, name, None)
-        return nullcontext() if cached is None else cached()
+        return self.lalm.cached_audio_embeddings()
 
     def _check_same_run(self, record: Mapping[str, Any]) -> None:
         found = {key: record.get(key) for key in self.identity}
@@ -603,23 +598,23 @@ def divergence(outcome: EditOutcome) -> str | None:
 
 
 def editor_extras(editor: Editor) -> dict[str, float]:
-    """What the editor reported about its last edit (its `extras`; none when it has none).
+    """What the editor reported about its last edit (its `extras`), as plain floats.
 
     MEMIT reports its regularizer per layer there, WISE its activation distances, UnKE its
     losses; read right after each edit, since the next one replaces them.
     """
-    return {key: float(value) for key, value in getattr(editor, "extras", {}).items()}
+    return {key: float(value) for key, value in editor.extras.items()}
 
 
 def touches_audio_encoder(editor: Editor) -> bool:
     """Whether the editor may change the audio encoder itself, not only the connector.
 
-    An editor of the audio path that names no role (`editor.config.role`) is assumed to.
+    An editor of the audio path that names no role is assumed to.
     """
     if not editor.touches_audio_path:
         return False
-    role = getattr(getattr(editor, "config", None), "role", None)
-    return not isinstance(role, str) or not _under_role(role, CONNECTOR_ROLE)
+    roles = editor.edited_roles
+    return not roles or not all(_under_role(role, CONNECTOR_ROLE) for role in roles)
 
 
 def _under_role(role: str, root: str) -> bool:
@@ -629,10 +624,8 @@ def _under_role(role: str, root: str) -> bool:
 def audio_path_only(editor: Editor) -> bool:
     """Whether every module the editor changes lies in the audio path (encoder, connector), so
     that answers to text-only probes cannot change. Editors naming no role are assumed not to."""
-    config = getattr(editor, "config", None)
-    role = getattr(config, "role", None)
-    roles = [role] if isinstance(role, str) else list(getattr(config, "roles", None) or [])
-    return bool(roles) and all(role_touches_audio_path(r) for r in roles)
+    roles = editor.edited_roles
+    return bool(roles) and all(role_touches_audio_path(role) for role in roles)
 
 
 @dataclass(frozen=True)

@@ -24,7 +24,6 @@ import logging
 import resource
 import sys
 from collections.abc import Mapping, Sequence
-from contextlib import nullcontext
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from time import perf_counter, process_time
@@ -321,8 +320,7 @@ def fill_pre_edit_cache(
     forget_audio(lalm)
     started, cpu_started = perf_counter(), process_time()
     cache = PreEditCache(root, fingerprint, settings.max_new_tokens)
-    cached = getattr(lalm, "cached_audio_embeddings", None)
-    with nullcontext() if cached is None else cached():
+    with lalm.cached_audio_embeddings():
         cache.outputs(lalm, probes, settings.batch_size)
     elapsed = perf_counter() - started, process_time() - cpu_started
     forget_audio(lalm)

@@ -156,7 +156,5 @@ class ReferenceProtocol:
 
 
 def forget_audio(lalm: LALM) -> None:
-    """Drop the model's decoded-audio and embedding caches, where it keeps any."""
-    clear = getattr(lalm, "clear_caches", None)
-    if clear is not None:
-        clear()
+    """Drop the model's decoded-audio and embedding caches."""
+    lalm.clear_caches()

@@ -149,7 +149,9 @@ class Editor(Protocol):
     `prepare` is called once per run before any edit (index training data, check roles);
     `apply` edits the model in place; `context` is what every query after the edits carries.
     `touches_audio_path` tells the runner whether audio-encoder and connector outputs may
-    change, i.e. whether they may be cached across edits.
+    change, i.e. whether they may be cached across edits; `edited_roles` names the modules
+    whose weights an edit changes (none for in-context methods); `extras` is what the editor
+    reports about its last edit (numbers by name, logged with the edit's record).
     """
 
     name: str
@@ -157,6 +159,12 @@ class Editor(Protocol):
 
     @property
     def touches_audio_path(self) -> bool: ...
+
+    @property
+    def edited_roles(self) -> tuple[str, ...]: ...
+
+    @property
+    def extras(self) -> Mapping[str, float]: ...
 
     def prepare(self, lalm: LALM, train_cases: Sequence[EditCase]) -> None: ...
 

@@ -71,6 +71,15 @@ class FineTuneEditor:
     def touches_audio_path(self) -> bool:
         return role_touches_audio_path(self.config.role)
 
+    @property
+    def edited_roles(self) -> tuple[str, ...]:
+        return (self.config.role,)
+
+    @property
+    def extras(self) -> dict[str, float]:
+        """Nothing to report about an edit."""
+        return {}
+
     def prepare(self, lalm: LALM, train_cases: Sequence[EditCase]) -> None:
         """Check that the role exists and holds parameters; FT needs no training data."""
         if not lalm.modules.parameters(self.config.role):

@@ -169,9 +169,7 @@ def question_offsets(lalm: LALM, batch: Batch, questions: Sequence[str]) -> list
     through the tokenizer's character offsets; raises ValueError when a question does not
     appear in its prompt.
     """
-    tokenizer = getattr(lalm, "tokenizer", None)
-    if tokenizer is None:
-        raise TypeError(f"{type(lalm).__name__} has no tokenizer to locate question tokens with")
+    tokenizer = lalm.tokenizer
     offsets = []
     for prompt, question in zip(batch.prompts, questions, strict=True):
         start = prompt.rfind(question.strip())

@@ -115,6 +115,15 @@ class HypernetEditor:
         return any(role_touches_audio_path(role) for role in self.config.roles)
 
     @property
+    def edited_roles(self) -> tuple[str, ...]:
+        return tuple(self.config.roles)
+
+    @property
+    def extras(self) -> dict[str, float]:
+        """Nothing to report about an edit."""
+        return {}
+
+    @property
     def path(self) -> Path:
         return config_path(self.config)
 

@@ -167,12 +167,18 @@ class InstructionEditor:
     """I-IKE: the edits live in the system prompt of every later query."""
 
     touches_audio_path = False
+    edited_roles: tuple[str, ...] = ()
 
     def __init__(self, config: InstructionConfig) -> None:
         self.config = config
         self.name = config.name
         self.state = InContextState()
         self.statement = EditStatement.of(config.prompt, config.prompts_file)
+
+    @property
+    def extras(self) -> dict[str, float]:
+        """Nothing to report about an edit."""
+        return {}
 
     def prepare(self, lalm: LALM, train_cases: Sequence[EditCase]) -> None:
         return None

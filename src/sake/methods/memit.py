@@ -107,6 +107,10 @@ class MemitEditor:
 
     touches_audio_path = False
 
+    @property
+    def edited_roles(self) -> tuple[str, ...]:
+        return tuple(f"llm.layer[{layer}].{self.config.module}" for layer in self.config.layers)
+
     def __init__(self, config: MemitConfig) -> None:
         self.config = config
         self.name = config.name

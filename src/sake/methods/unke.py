@@ -160,6 +160,10 @@ class UnkeEditor:
 
     touches_audio_path = False
 
+    @property
+    def edited_roles(self) -> tuple[str, ...]:
+        return (self.config.role,)
+
     def __init__(self, config: UnkeConfig) -> None:
         self.config = config
         self.name = config.name

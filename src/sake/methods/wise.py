@@ -412,6 +412,10 @@ class WiseEditor:
 
     touches_audio_path = False
 
+    @property
+    def edited_roles(self) -> tuple[str, ...]:
+        return (self.config.role,)
+
     def __init__(self, config: WiseConfig) -> None:
         self.config = config
         self.name = config.name

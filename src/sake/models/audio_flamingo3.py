@@ -21,15 +21,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from sake.models.hf_common import (
-    HUB_ANSWER_TIMEOUT_S,
-    HFAudioLALM,
-    HubAccess,
-    module_device,
-    pretrained_placement,
-    resolve_model_dir,
-    torch_dtype,
-)
+from sake.models.hf_common import HFAudioLALM, load_pretrained_audio_llm
+from sake.models.hf_layout import module_device
+from sake.models.hub import HUB_ANSWER_TIMEOUT_S
 
 HUB_ID = "nvidia/audio-flamingo-3-hf"
 END_OF_TURN = "<|im_end|>"
@@ -109,22 +103,18 @@ def load_audio_flamingo3(
     cache is read. `audio_after_text` puts each user turn's question before its audio, as the
     reference's UnKE and WISE scripts for AF3 do (`unke_wise/edit_af3.py`).
     """
-    from transformers import AudioFlamingo3ForConditionalGeneration, AutoProcessor
+    from transformers import AudioFlamingo3ForConditionalGeneration
 
-    local = resolve_model_dir(
+    model, processor, device = load_pretrained_audio_llm(
+        AudioFlamingo3ForConditionalGeneration,
         path,
         what="Audio Flamingo 3",
+        device_map=device_map,
+        dtype=dtype,
         revision=revision,
-        hub=HubAccess(hub_timeout_s),
-        expected_file="config.json",
-    )
-    placement, device = pretrained_placement(device_map)
-    processor = AutoProcessor.from_pretrained(str(local))
-    if not getattr(processor, "chat_template", None):
-        processor.chat_template = CHAT_TEMPLATE
-    extra = {} if attn_implementation is None else {"attn_implementation": attn_implementation}
-    model = AudioFlamingo3ForConditionalGeneration.from_pretrained(
-        str(local), dtype=torch_dtype(dtype), **placement, **extra
+        attn_implementation=attn_implementation,
+        hub_timeout_s=hub_timeout_s,
+        chat_template=CHAT_TEMPLATE,
     )
     return AudioFlamingo3LALM(
         model, processor, name=name, device=device, audio_after_text=audio_after_text

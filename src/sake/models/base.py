@@ -7,6 +7,7 @@ chat templates, audio placeholders, padding side and devices stay inside the mod
 from __future__ import annotations
 
 from collections.abc import Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
@@ -69,12 +70,20 @@ class Generation:
 
 @runtime_checkable
 class LALM(Protocol):
-    """What methods and evaluators may rely on."""
+    """Everything methods, evaluators and tasks may rely on (`sake.models.audio_lalm.AudioLALM`
+    implements it once for every wrapper)."""
 
+    name: str
     modules: ModuleMap
+    tokenizer: Any
 
     @property
     def model(self) -> torch.nn.Module: ...
+
+    @property
+    def audio_window_seconds(self) -> float:
+        """Seconds of a clip the model hears; the rest of a longer clip is cut."""
+        ...
 
     def prepare(
         self,
@@ -90,6 +99,10 @@ class LALM(Protocol):
         """`generate`, plus the logits of every answer's first token from the same pass."""
         ...
 
+    def next_token_logits(self, batch: Batch) -> Tensor:
+        """Logits of the first answer token, shape (batch, vocab)."""
+        ...
+
     def target_nll(
         self, batch: Batch, targets: Sequence[str], *, include_end: bool = False
     ) -> Tensor:
@@ -99,11 +112,36 @@ class LALM(Protocol):
         """
         ...
 
-    def next_token_logits(self, batch: Batch) -> Tensor:
-        """Logits of the first answer token, shape (batch, vocab)."""
+    def answer_logits(
+        self, batch: Batch, targets: Sequence[str], *, include_end: bool = False
+    ) -> list[Tensor]:
+        """Per row, the float32 logits predicting each target token, (T_i, vocab)."""
         ...
 
-    @property
-    def audio_window_seconds(self) -> float:
-        """Seconds of a clip the model hears; the rest of a longer clip is cut."""
+    def sequence_logits(
+        self, batch: Batch, targets: Sequence[str], *, include_end: bool = False
+    ) -> list[Tensor]:
+        """Per row, float32 logits at every position of prompt + target, (L_i, vocab)."""
+        ...
+
+    def target_token_ids(
+        self, batch: Batch, targets: Sequence[str], *, include_end: bool = False
+    ) -> list[list[int]]:
+        """Token ids of each target as the teacher-forced methods score them."""
+        ...
+
+    def fingerprint(self) -> str:
+        """Short hash of the weights, tokenizer and chat template."""
+        ...
+
+    def cached_audio_embeddings(self) -> AbstractContextManager[None]:
+        """Reuse clip embeddings inside; a promise that the audio path stays fixed."""
+        ...
+
+    def cached_encoder_states(self) -> AbstractContextManager[None]:
+        """Reuse the audio encoder's per-clip work inside; a promise the encoder stays fixed."""
+        ...
+
+    def clear_caches(self) -> None:
+        """Forget cached audio features and embeddings."""
         ...

@@ -35,21 +35,20 @@ import torch
 from safetensors import safe_open
 from torch import Tensor, nn
 
+from sake.models.configuration_desta import (
+    DestaConfig,
+    desta25_connector_config,
+    desta25_encoder_config,
+)
 from sake.models.desta import DestaLALM
-from sake.models.hf_common import (
+from sake.models.hub import (
     HUB_ANSWER_TIMEOUT_S,
     HubAccess,
     resolve_model_dir,
     torch_dtype,
 )
 from sake.models.mel import LogMelSpectrogram
-from sake.models.modeling_desta import (
-    CheckpointMismatchError,
-    DestaConfig,
-    DestaForCausalLM,
-    desta25_connector_config,
-    desta25_encoder_config,
-)
+from sake.models.modeling_desta import CheckpointMismatchError, DestaForCausalLM
 from sake.models.transcripts import (
     ManifestThenWhisper,
     ManifestTranscriber,

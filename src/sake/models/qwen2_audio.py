@@ -20,15 +20,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from sake.models.hf_common import (
-    HUB_ANSWER_TIMEOUT_S,
-    HFAudioLALM,
-    HubAccess,
-    module_device,
-    pretrained_placement,
-    resolve_model_dir,
-    torch_dtype,
-)
+from sake.models.hf_common import HFAudioLALM, load_pretrained_audio_llm
+from sake.models.hf_layout import module_device
+from sake.models.hub import HUB_ANSWER_TIMEOUT_S
 from sake.models.modeling_desta import additive_key_mask
 
 HUB_ID = "Qwen/Qwen2-Audio-7B-Instruct"
@@ -71,19 +65,16 @@ def load_qwen2_audio(
     A hub that does not answer within `hub_timeout_s` is not waited for: only its local
     cache is read.
     """
-    from transformers import AutoProcessor, Qwen2AudioForConditionalGeneration
+    from transformers import Qwen2AudioForConditionalGeneration
 
-    local = resolve_model_dir(
+    model, processor, device = load_pretrained_audio_llm(
+        Qwen2AudioForConditionalGeneration,
         path,
         what="Qwen2-Audio",
+        device_map=device_map,
+        dtype=dtype,
         revision=revision,
-        hub=HubAccess(hub_timeout_s),
-        expected_file="config.json",
-    )
-    placement, device = pretrained_placement(device_map)
-    processor = AutoProcessor.from_pretrained(str(local))
-    extra = {} if attn_implementation is None else {"attn_implementation": attn_implementation}
-    model = Qwen2AudioForConditionalGeneration.from_pretrained(
-        str(local), dtype=torch_dtype(dtype), **placement, **extra
+        attn_implementation=attn_implementation,
+        hub_timeout_s=hub_timeout_s,
     )
     return Qwen2AudioLALM(model, processor, name=name, device=device)

@@ -23,8 +23,9 @@ from sake.data.audio import read_audio
 from sake.data.schema import ATTRIBUTES, LABELS
 from sake.data.synth import auditory
 from sake.data.synth.pools import read_manifest, task_track
+from sake.models.configuration_desta import DestaAudioEncoderConfig
 from sake.models.mel import LogMelSpectrogram, stack_waveforms
-from sake.models.modeling_desta import DestaAudioEncoderConfig, WhisperAudioEncoder
+from sake.models.modeling_desta import WhisperAudioEncoder
 from sake.training.examples import ClipInfo
 
 FEATURE_CHUNK = 64

@@ -25,7 +25,7 @@ from tqdm import tqdm
 from transformers import PreTrainedTokenizerFast
 
 from sake.evaluation.judges.option import is_correct
-from sake.models.desta import answer_text
+from sake.models.audio_lalm import answer_text
 from sake.models.modeling_desta import DestaForCausalLM
 from sake.training import examples
 from sake.training.clips import Clip

@@ -18,11 +18,11 @@ from torch import Tensor, nn
 from transformers import PreTrainedTokenizerFast
 
 from sake.evaluation.judges.option import is_correct
-from sake.models.desta import answer_text
+from sake.models.audio_lalm import answer_text
+from sake.models.configuration_desta import DestaAudioEncoderConfig
 from sake.models.modeling_desta import (
     CONNECTOR_PREFIX,
     LLM_PREFIX,
-    DestaAudioEncoderConfig,
     DestaForCausalLM,
     WhisperAudioEncoder,
     check_state_dict_keys,

@@ -27,17 +27,19 @@ from sake.data.schema import LABELS
 from sake.data.synth import auditory, chat, knowledge, questions, sentences, textbank
 from sake.data.synth.build import build_clip_pool
 from sake.data.synth.scales import resolve_scale
+from sake.models.configuration_desta import (
+    DestaAudioEncoderConfig,
+    DestaConfig,
+    DestaConnectorConfig,
+)
 from sake.models.desta import CONFIG_FILE, TOKENIZER_DIR, build_random_desta_tiny
+from sake.models.desta_checkpoints import read_checkpoint, save_checkpoint
 from sake.models.modeling_desta import (
     AUDIO_ENCODER_PREFIX,
     CONNECTOR_PREFIX,
     LLM_PREFIX,
-    DestaAudioEncoderConfig,
-    DestaConfig,
-    DestaConnectorConfig,
     DestaForCausalLM,
     WhisperAudioEncoder,
-    read_checkpoint,
 )
 from sake.models.tokenizer import load_tokenizer, train_tokenizer
 from sake.training import distill, examples
@@ -116,7 +118,7 @@ def save_parts(
     written = {}
     for part in parts:
         path = out_dir / f"{part}.safetensors"
-        model.save_checkpoint(path, prefixes=(PART_PREFIXES[part],))
+        save_checkpoint(model, path, prefixes=(PART_PREFIXES[part],))
         written[part] = path
     return written
 
@@ -364,7 +366,9 @@ def train_encoder_stage(
     model = build_model(tokenizer, sizes, context.seed)
     model.perception.whisper.load_state_dict(encoder.state_dict())
     context.out_dir.mkdir(parents=True, exist_ok=True)
-    model.save_checkpoint(context.out_dir / "encoder.safetensors", prefixes=(AUDIO_ENCODER_PREFIX,))
+    save_checkpoint(
+        model, context.out_dir / "encoder.safetensors", prefixes=(AUDIO_ENCODER_PREFIX,)
+    )
     return encoder, metrics
 
 
