@@ -35,7 +35,7 @@ from sake.hypernets.signals import (
     input_moments,
     scored_pass,
 )
-from sake.methods.base import build_editor
+from sake.methods.base import NOT_EDITOR_SETTINGS, build_editor
 from sake.methods.hypernet import HypernetEditor, expected_manifest, new_network
 from sake.methods.ke import KnowledgeEditorConfig
 from sake.methods.mend import MendConfig
@@ -762,7 +762,7 @@ def test_method_configs_are_exactly_the_dataclasses(
     cfg = compose_cfg("edit", [f"method={method}"])
     editor = build_editor(cfg.method)
     assert isinstance(editor, HypernetEditor) and editor.name == method
-    declared = {key for key in cfg.method if key != "_target_"}
+    declared = {key for key in cfg.method if key not in NOT_EDITOR_SETTINGS}
     assert declared == {field.name for field in fields(config_class)}
     assert editor.config.roles == ("llm.layer[-2].mlp", "llm.layer[-1].mlp")  # desta_tiny's
     default_roles = next(field.default for field in fields(config_class) if field.name == "roles")

@@ -9,7 +9,6 @@ from pathlib import Path
 import pytest
 import torch
 from hydra.errors import MissingConfigException
-from hydra.utils import instantiate
 from omegaconf import OmegaConf
 from torch import nn
 
@@ -23,6 +22,7 @@ from lalm_fixtures import (
 from sake.data.readers import SakeRelease
 from sake.data.schema import EditCase
 from sake.methods.base import (
+    NOT_EDITOR_SETTINGS,
     AppliedEdit,
     Editor,
     EditorState,
@@ -429,16 +429,16 @@ def test_method_configs_are_exactly_the_dataclasses(compose_cfg, method: str) ->
     editor = build_editor(cfg.method)
     editor_class, config_class = METHOD_CONFIGS[method]
     assert isinstance(editor, editor_class) and isinstance(editor, Editor)
-    declared = {key for key in cfg.method if key != "_target_"}
+    declared = {key for key in cfg.method if key not in NOT_EDITOR_SETTINGS}
     assert declared == {field.name for field in fields(config_class)}
     assert editor.name == method
 
 
 def test_ft_configs_point_at_their_roles(compose_cfg) -> None:
-    assert instantiate(compose_cfg("edit", ["method=ft_llm"]).method).config.role == (
+    assert build_editor(compose_cfg("edit", ["method=ft_llm"]).method).config.role == (
         "llm.layer[-1].mlp"
     )
-    assert instantiate(compose_cfg("edit", ["method=ft_audio"]).method).touches_audio_path
+    assert build_editor(compose_cfg("edit", ["method=ft_audio"]).method).touches_audio_path
 
 
 def test_unknown_method_or_model_names_the_choices(compose_cfg) -> None:

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from omegaconf import OmegaConf
 
 from fixtures_data import tiny_release
 from sake.data.schema import EditCase, ProbeKind
@@ -24,6 +25,7 @@ from sake.evaluation.report import (
     Job,
     distinct_labels,
     entanglement_points,
+    load_job,
     portability_categories,
     publish_run_report,
     ranked_row,
@@ -151,9 +153,15 @@ def test_report_of_two_methods_and_a_sequential_run(tmp_path: Path):
     # Gender's two cases get different categories: FT (LLM) gets one right, breaks the other.
     categories = {**CATEGORIES, "test/Gender/0": ("title",), "test/Gender/1": ("vocal range",)}
     jobs = [
-        Job("I-IKE", single_records("i_ike", ["failed"] * 4), None, categories),
-        Job("FT (LLM)", single_records("ft_llm", ["edited"] * 3 + ["broken"]), None, categories),
-        Job("MEMIT", sequential_records("memit"), None, categories),
+        Job("I-IKE", single_records("i_ike", ["failed"] * 4), None, categories, rank=8),
+        Job(
+            "FT (LLM)",
+            single_records("ft_llm", ["edited"] * 3 + ["broken"]),
+            None,
+            categories,
+            rank=1,
+        ),
+        Job("MEMIT", sequential_records("memit"), None, categories, rank=6),
     ]
     report = write_report(jobs, tmp_path, "fixture sweep")
     text = report.path.read_text(encoding="utf-8")
@@ -200,6 +208,21 @@ def test_report_of_two_methods_and_a_sequential_run(tmp_path: Path):
     assert "FT (LLM)" in report.headline and "reliability by gap" in report.headline
 
 
+def test_jobs_take_their_name_and_place_from_the_method_configs_display(
+    compose_cfg, tmp_path: Path
+):
+    jobs = []
+    for method in ("i_ike", "memit", "ft_audio"):
+        directory = write_run(tmp_path / method, single_records(method, ["edited"] * 4))
+        config = {
+            "method": OmegaConf.to_container(compose_cfg("edit", [f"method={method}"]).method)
+        }
+        OmegaConf.save(OmegaConf.create(config), directory / "config.yaml")
+        jobs.append(load_job(directory))
+    jobs.append(load_job(write_run(tmp_path / "old", single_records("toy", ["edited"] * 4))))
+    assert [job.label for job in distinct_labels(jobs)] == ["FT (Audio)", "MEMIT", "I-IKE", "toy"]
+
+
 def test_twin_jobs_are_told_apart_by_their_own_overrides(tmp_path: Path):
     jobs = []
     for number, lam in enumerate(("1e2", "1e4")):
@@ -236,8 +259,10 @@ class RecordingTracker(NullTracker):
         self.files.append(path)
 
 
-def test_an_edit_run_writes_its_report_and_logs_it(tmp_path: Path):
+def test_an_edit_run_writes_its_report_and_logs_it(compose_cfg, tmp_path: Path):
     records = single_records("ft_audio", ["edited", "failed", "edited", "edited"])
+    method = compose_cfg("edit", ["method=ft_audio"]).method
+    OmegaConf.save(OmegaConf.create({"method": method}), tmp_path / "config.yaml")
     tracker = RecordingTracker()
     report = publish_run_report(tmp_path, records, tracker, CATEGORIES)
     assert report is not None and report.path == tmp_path / "report.md"
@@ -301,7 +326,7 @@ def test_an_offline_wandb_run_holds_summary_tables_figures_and_report(tmp_path: 
         tracker.finish()
     (run_dir,) = (tmp_path / "wandb").glob("offline-run-*")
     files = run_dir / "files"
-    assert (files / "report.md").read_text(encoding="utf-8").startswith("# FT (LLM)")
+    assert (files / "report.md").read_text(encoding="utf-8").startswith("# ft_llm on desta_tiny")
     assert list((files / "media" / "table").glob("report/main_*.table.json"))
     assert len(list((files / "media" / "images").rglob("*.png"))) >= 3
     keys = wait_for_summary(next(run_dir.glob("run-*.wandb")))

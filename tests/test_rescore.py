@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from omegaconf import OmegaConf
 
 from fixtures_data import tiny_release
 from sake.data.schema import EditCase
@@ -90,6 +91,9 @@ def test_rejudging_a_directory_without_records_says_so(compose_cfg, tmp_path):
 # --------------------------------------------------------------------------- a sweep
 
 
+METHOD_CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "method"
+
+
 def fixture_sweep(root: Path) -> Path:
     """A multirun directory with an FT (LLM) job (3 of 4 edits held) and an I-IKE job (none)."""
     jobs = {
@@ -98,6 +102,8 @@ def fixture_sweep(root: Path) -> Path:
     }
     for name, records in jobs.items():
         write_run(root / name, records)
+        method = OmegaConf.load(METHOD_CONFIGS / f"{records[0]['method']}.yaml")
+        OmegaConf.save(OmegaConf.create({"method": method}), root / name / "config.yaml")
         (root / name / ".hydra").mkdir()
         (root / name / ".hydra" / "overrides.yaml").write_text(f"- method={records[0]['method']}\n")
     (root / "multirun.yaml").write_text("hydra: {}\n")

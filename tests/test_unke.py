@@ -14,7 +14,7 @@ from sake.data.schema import EditCase
 from sake.data.schema import Sequence as EditSequence
 from sake.evaluation.pre_edit import PreEditCache
 from sake.evaluation.records import RECORDS_FILE, RecordWriter
-from sake.methods.base import Editor, build_editor
+from sake.methods.base import NOT_EDITOR_SETTINGS, Editor, build_editor
 from sake.methods.hooks import (
     ModuleRecorder,
     ShiftSettings,
@@ -217,7 +217,7 @@ def test_config_is_exactly_the_dataclass(compose_cfg) -> None:
     cfg = compose_cfg("edit", ["method=unke"])
     editor = build_editor(cfg.method)
     assert isinstance(editor, UnkeEditor) and editor.name == "unke"
-    declared = {key for key in cfg.method if key != "_target_"}
+    declared = {key for key in cfg.method if key not in NOT_EDITOR_SETTINGS}
     assert declared == {field.name for field in fields(UnkeConfig)}
 
 

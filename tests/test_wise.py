@@ -16,7 +16,7 @@ from sake.data.schema import EditCase
 from sake.data.schema import Sequence as EditSequence
 from sake.evaluation.pre_edit import PreEditCache
 from sake.evaluation.records import RECORDS_FILE, RecordWriter
-from sake.methods.base import Editor, build_editor
+from sake.methods.base import NOT_EDITOR_SETTINGS, Editor, build_editor
 from sake.methods.stats import PreservationPools
 from sake.methods.wise import (
     Router,
@@ -266,7 +266,7 @@ def test_config_is_exactly_the_dataclass(compose_cfg) -> None:
     cfg = compose_cfg("edit", ["method=wise"])
     editor = build_editor(cfg.method)
     assert isinstance(editor, WiseEditor) and editor.name == "wise"
-    declared = {key for key in cfg.method if key != "_target_"}
+    declared = {key for key in cfg.method if key not in NOT_EDITOR_SETTINGS}
     assert declared == {field.name for field in fields(WiseConfig)}
 
 

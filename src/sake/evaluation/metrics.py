@@ -54,6 +54,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -70,7 +71,26 @@ from sake.evaluation.judges.base import (
 from sake.evaluation.judges.option import choose_option
 from sake.evaluation.probing import expected_answer
 
-METRICS: tuple[str, ...] = tuple(kind.value for kind in ProbeKind)
+
+@dataclass(frozen=True)
+class MetricName:
+    """One SAKE metric: its key in metrics and records (a probe kind), its title in reports,
+    its column head in terminal tables."""
+
+    key: str
+    title: str
+    column: str
+
+
+SAKE_METRICS: tuple[MetricName, ...] = (
+    MetricName(ProbeKind.RELIABILITY.value, "Reliability", "Rel"),
+    MetricName(ProbeKind.GENERALITY.value, "Generality", "Gen"),
+    MetricName(ProbeKind.LOCALITY_AUDIO.value, "Audio locality", "Loc-A"),
+    MetricName(ProbeKind.LOCALITY_TEXT.value, "Text locality", "Loc-T"),
+    MetricName(ProbeKind.PORTABILITY.value, "Portability", "Port"),
+)
+METRICS: tuple[str, ...] = tuple(metric.key for metric in SAKE_METRICS)
+METRIC_TITLES: dict[str, str] = {metric.key: metric.title for metric in SAKE_METRICS}
 LOCALITY_KINDS: frozenset[str] = frozenset(
     {ProbeKind.LOCALITY_AUDIO.value, ProbeKind.LOCALITY_TEXT.value}
 )
@@ -402,15 +422,6 @@ def _edit_means(records: Sequence[Record], protocol: str) -> dict[str, float]:
     }
 
 
-SUMMARY_COLUMNS: tuple[tuple[str, str], ...] = (
-    ("reliability", "Rel"),
-    ("generality", "Gen"),
-    ("locality_audio", "Loc-A"),
-    ("locality_text", "Loc-T"),
-    ("portability", "Port"),
-)
-
-
 def summary_table(metrics: Mapping[str, float], attributes: Sequence[str]) -> str:
     """Attributes by the five SAKE columns, in percent, under the overall row."""
     rows = [("all", "single")] + [(attribute, f"single/{attribute}") for attribute in attributes]
@@ -428,9 +439,9 @@ def _table(
     rows: Sequence[tuple[str, Callable[[str], str]]],
     metrics: Mapping[str, float],
 ) -> str:
-    lines = [f"{corner:<10}" + "".join(f"{title:>8}" for _, title in SUMMARY_COLUMNS)]
+    lines = [f"{corner:<10}" + "".join(f"{m.column:>8}" for m in SAKE_METRICS)]
     for label, key in rows:
-        values = [metrics.get(key(metric)) for metric, _ in SUMMARY_COLUMNS]
+        values = [metrics.get(key(metric.key)) for metric in SAKE_METRICS]
         cells = "".join(f"{'-':>8}" if v is None else f"{100 * v:>8.1f}" for v in values)
         lines.append(f"{label:<10}{cells}")
     return "\n".join(lines)

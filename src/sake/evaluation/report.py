@@ -43,6 +43,7 @@ from sake.evaluation.estimates import Estimate
 from sake.evaluation.metrics import (
     GAPS,
     LOCALITY_KINDS,
+    SAKE_METRICS,
     SPECIFICITY_METRICS,
     case_scores,
     saved_aggregation,
@@ -63,26 +64,7 @@ CONFIG_FILE = "config.yaml"
 ENTANGLEMENT_TYPES = (1, 2, 4)
 RADAR_MIN_JOBS = 3  # fewer spokes make no polygon
 
-HEADLINE: tuple[tuple[str, str], ...] = (
-    ("reliability", "Reliability"),
-    ("generality", "Generality"),
-    ("locality_audio", "Audio locality"),
-    ("locality_text", "Text locality"),
-    ("portability", "Portability"),
-)
-METHOD_NAMES: dict[str, str] = {
-    "none": "Unedited",
-    "ft_llm": "FT (LLM)",
-    "ft_audio": "FT (Audio)",
-    "ke": "KE",
-    "mend": "MEND",
-    "unke": "UnKE",
-    "memit": "MEMIT",
-    "wise": "WISE",
-    "i_ike": "I-IKE",
-    "ie_ike": "IE-IKE",
-}
-METHOD_ORDER: tuple[str, ...] = tuple(METHOD_NAMES)
+HEADLINE: tuple[tuple[str, str], ...] = tuple((m.key, m.title) for m in SAKE_METRICS)
 SPECIFICITY_LABELS: dict[str, str] = {
     "kl": "KL(pre‖post), nats",
     "top1": "top-1 overlap",
@@ -200,7 +182,8 @@ class Job:
 
     `categories` maps a case id to the knowledge categories of its portability probes, in
     probe order (from the dataset; a judged probe's own `category` field wins); `aggregation`
-    is the run's `eval.aggregation`.
+    is the run's `eval.aggregation`; `rank` where the job's rows and columns go
+    (`method_display`).
     """
 
     label: str
@@ -208,6 +191,7 @@ class Job:
     directory: Path | None = None
     categories: Mapping[str, tuple[str | None, ...]] = field(default_factory=dict)
     aggregation: str = "reference"
+    rank: float = math.inf
 
     @cached_property
     def single(self) -> dict[str, Estimate]:
@@ -229,9 +213,12 @@ class Job:
         return str(self.records[0].get(key, "")) if self.records else ""
 
 
-def method_label(method: str) -> str:
-    """The method's name as SAKE's tables write it (unknown methods keep their own name)."""
-    return METHOD_NAMES.get(method, method)
+def method_display(config: Mapping[str, Any], method: str) -> tuple[str, float]:
+    """How a run's method is named in tables and where its row goes: its config's `display`
+    block (`method.display.name`, `.rank`); a run without one keeps the method's own name
+    and goes last."""
+    display = (config.get("method") or {}).get("display") or {}
+    return str(display.get("name", method)), float(display.get("rank", math.inf))
 
 
 def portability_categories(cases: Iterable[EditCase]) -> dict[str, tuple[str | None, ...]]:
@@ -278,12 +265,14 @@ def load_job(directory: Path, records_file: str = RECORDS_FILE) -> Job:
     if not records:
         raise ValueError(f"{path} holds no records; the run finished no edit")
     config = read_config(directory) or read_config(directory.parent)
-    label = method_label(str(records[0].get("method", directory.name)))
-    return Job(label, records, directory, dataset_categories(config), saved_aggregation(config))
+    label, rank = method_display(config, str(records[0].get("method", directory.name)))
+    return Job(
+        label, records, directory, dataset_categories(config), saved_aggregation(config), rank
+    )
 
 
 def distinct_labels(jobs: Sequence[Job]) -> list[Job]:
-    """Jobs in SAKE's method order; jobs sharing a label get what sets them apart added.
+    """Jobs in their methods' display order; jobs sharing a label get what sets them apart.
 
     That is the command-line overrides (`.hydra/overrides.yaml`) the job does not share with
     the others of its label, or else its directory name.
@@ -310,10 +299,8 @@ def job_overrides(directory: Path | None) -> list[str]:
     return [str(item) for item in OmegaConf.load(path)]
 
 
-def _job_order(job: Job) -> tuple[int, str]:
-    method = job.field_of("method")
-    rank = METHOD_ORDER.index(method) if method in METHOD_ORDER else len(METHOD_ORDER)
-    return rank, job.label
+def _job_order(job: Job) -> tuple[float, str]:
+    return job.rank, job.label
 
 
 # --------------------------------------------------------------------------- sections
@@ -365,19 +352,17 @@ def main_rows(jobs: Sequence[Job]) -> list[tuple[str, list[Estimate | None]]]:
 def type_rows(attribute: str | None) -> list[tuple[str, str]]:
     """(metric key, row title) of a per-attribute table (None: over all attributes)."""
     loc_types = locality_audio_types(attribute) if attribute else (1, 2, 3, 4)
-    return [
-        ("reliability", "Reliability"),
-        *((f"generality/type{t}", f"Generality type {t}") for t in (1, 2, 3)),
-        ("generality", "Generality"),
-        *((f"locality_audio/type{t}", f"Audio locality type {t}") for t in loc_types),
-        ("locality_audio", "Audio locality"),
-        ("locality_audio/gt_pre", "Audio locality, GT accuracy before"),
-        ("locality_audio/gt_post", "Audio locality, GT accuracy after"),
-        ("locality_text", "Text locality"),
-        ("locality_text/gt_pre", "Text locality, GT accuracy before"),
-        ("locality_text/gt_post", "Text locality, GT accuracy after"),
-        ("portability", "Portability"),
-    ]
+    types = {"generality": (1, 2, 3), "locality_audio": loc_types}
+    rows = []
+    for metric, title in HEADLINE:
+        rows += [(f"{metric}/type{t}", f"{title} type {t}") for t in types.get(metric, ())]
+        rows.append((metric, title))
+        if metric in LOCALITY_KINDS:
+            rows += [
+                (f"{metric}/gt_pre", f"{title}, GT accuracy before"),
+                (f"{metric}/gt_post", f"{title}, GT accuracy after"),
+            ]
+    return rows
 
 
 def attribute_rows(
@@ -920,13 +905,8 @@ def publish_run_report(
     """
     if not records:
         return None
-    job = Job(
-        method_label(str(records[0]["method"])),
-        list(records),
-        Path(directory),
-        categories or {},
-        aggregation,
-    )
+    label, rank = method_display(read_config(Path(directory)), str(records[0]["method"]))
+    job = Job(label, list(records), Path(directory), categories or {}, aggregation, rank)
     report = write_report([job], directory, f"{job.label} on {job.field_of('model')}")
     log_report(report, tracker)
     return report

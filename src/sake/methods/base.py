@@ -27,6 +27,10 @@ from sake.models.base import LALM, Turn
 AUDIO_PATH_ROLES: tuple[str, ...] = ("audio_encoder", "connector")
 
 
+DISPLAY_KEY = "display"  # a method config's report name and rank, not an editor setting
+NOT_EDITOR_SETTINGS: tuple[str, ...] = ("_target_", DISPLAY_KEY)
+
+
 @dataclass(frozen=True)
 class QueryContext:
     """What precedes every post-edit query: a system prompt and earlier dialogue turns."""
@@ -236,6 +240,8 @@ def non_finite_settings(config: Any, prefix: str = "method") -> list[str]:
 def build_editor(method: Mapping[str, Any], available: Sequence[str] = ()) -> Editor:
     """Instantiate the editor a method config names through its `_target_` factory.
 
+    The config's `display` block (how reports name and order the method) is not the editor's.
+
     `available` lists the method configs the user could choose instead, for the message.
     """
     from hydra.utils import instantiate
@@ -253,7 +259,7 @@ def build_editor(method: Mapping[str, Any], available: Sequence[str] = ()) -> Ed
             f"method {name!r}: {', '.join(non_finite)}; every setting must be a finite "
             "number: set it with method.<key>=<number>"
         )
-    editor = instantiate(method)
+    editor = instantiate({key: value for key, value in method.items() if key != DISPLAY_KEY})
     if not isinstance(editor, Editor):
         raise TypeError(f"method {name!r} built a {type(editor).__name__}, which is not an Editor")
     return editor

@@ -26,6 +26,7 @@ from omegaconf import DictConfig, OmegaConf
 from sake.data.schema import ATTRIBUTES
 from sake.evaluation.judges.base import OptionJudge
 from sake.evaluation.metrics import (
+    METRICS,
     case_scores,
     sequential_table,
     summary_table,
@@ -43,13 +44,6 @@ from sake.utils.run import RunContext
 log = logging.getLogger(__name__)
 
 TIMING_FILE = "timing.json"
-SCORE_COLUMNS: tuple[str, ...] = (
-    "reliability",
-    "generality",
-    "locality_audio",
-    "locality_text",
-    "portability",
-)
 
 
 def edit_task(cfg: DictConfig, run: RunContext) -> dict[str, float]:
@@ -139,7 +133,7 @@ def records_table(records: Sequence[Record]) -> tuple[list[str], list[list[Any]]
         "y_e",
         "steps",
         "edit_seconds",
-        *SCORE_COLUMNS,
+        *METRICS,
     ]
     rows = []
     for record in records:
@@ -153,7 +147,7 @@ def records_table(records: Sequence[Record]) -> tuple[list[str], list[list[Any]]
                 record["y_e"],
                 record["edit"]["steps"],
                 record["edit"]["seconds"],
-                *[scores.get(metric) for metric in SCORE_COLUMNS],
+                *[scores.get(metric) for metric in METRICS],
             ]
         )
     return columns, rows
