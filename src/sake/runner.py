@@ -43,9 +43,10 @@ from __future__ import annotations
 import logging
 import math
 from collections import defaultdict
-from collections.abc import Hashable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Hashable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from time import perf_counter
 from typing import Any, TypeVar
@@ -69,7 +70,14 @@ from sake.evaluation.specificity import (
     specificity_of_cases,
     with_specificity,
 )
-from sake.methods.base import Editor, EditOutcome, WeightSnapshot, role_touches_audio_path
+from sake.methods.base import (
+    Editor,
+    EditOutcome,
+    ParallelEditor,
+    WeightSnapshot,
+    role_touches_audio_path,
+)
+from sake.methods.parallel import auto_parallel_edits, free_memory_bytes, parallel_groups
 from sake.models.base import LALM
 
 log = logging.getLogger(__name__)
@@ -91,8 +99,17 @@ class EvalSettings:
     max_gap: int = 5
     shard: int = 0
     num_shards: int = 1
+    parallel_edits: int | str = 1
+    memory_budget_gb: float | None = None
 
     def __post_init__(self) -> None:
+        if self.parallel_edits != "auto" and (
+            not isinstance(self.parallel_edits, int) or self.parallel_edits < 1
+        ):
+            raise ValueError(
+                f"eval.parallel_edits must be auto or a whole number of at least 1, got "
+                f"{self.parallel_edits!r}"
+            )
         if self.protocol not in PROTOCOLS:
             raise ValueError(
                 f"unknown protocol {self.protocol!r}; set eval.protocol to one of "
@@ -131,7 +148,19 @@ def eval_settings(config: Mapping[str, Any]) -> EvalSettings:
         max_gap=int(sequential.get("max_gap", 5)),
         shard=int(config.get("shard", 0)),
         num_shards=int(config.get("num_shards", 1)),
+        parallel_edits=parallel_setting(config.get("parallel_edits", 1)),
+        memory_budget_gb=config.get("memory_budget_gb"),
     )
+
+
+def parallel_setting(value: Any) -> int | str:
+    """`auto`, or a number of edits (as given on the command line or in a config)."""
+    if isinstance(value, str) and value.strip().lower() == "auto":
+        return "auto"
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"eval.parallel_edits must be auto or a number, got {value!r}") from None
 
 
 # --------------------------------------------------------------------------- inputs
@@ -276,13 +305,47 @@ class EditRunner:
         log.info(
             "single editing: %d cases, %d already recorded", len(cases), len(cases) - len(pending)
         )
+        together = self._parallel_edits(pending)
         with self._run_scope(), edit_progress(len(pending), "single editing") as progress:
             for block in self._blocks(pending):
                 pre_edit = self._pre_edit(block)
-                for case in block:
-                    self._single_case(case, pre_edit)
-                    progress.update()
+                for group in parallel_groups(block, together):
+                    for case, edit in zip(group, self._edits_of(group), strict=True):
+                        self._single_case(case, pre_edit, edit)
+                        progress.update()
         return [self._records[key] for key in keys]
+
+    def _parallel_edits(self, cases: Sequence[EditCase]) -> int:
+        """How many single edits run together (1 for an editor that makes one at a time)."""
+        setting = self.settings.parallel_edits
+        if not isinstance(self.editor, ParallelEditor) or not cases or setting == 1:
+            return 1
+        if setting != "auto":
+            return int(setting)
+        role_bytes = sum(
+            parameter.numel() * 4
+            for role in self.editor.edited_roles
+            for parameter in self.lalm.modules.parameters(role).values()
+        )
+        device = next(self.lalm.model.parameters()).device
+        budget_gb = self.settings.memory_budget_gb
+        budget = free_memory_bytes(device) // 2 if budget_gb is None else int(budget_gb * 2**30)
+        chosen = min(len(cases), auto_parallel_edits(role_bytes, budget))
+        log.info(
+            "eval.parallel_edits=auto: %d edits at once (edited parameters %.1f MB, memory "
+            "budget %.1f GB)",
+            chosen,
+            role_bytes / 2**20,
+            budget / 2**30,
+        )
+        return chosen
+
+    def _edits_of(self, cases: Sequence[EditCase]) -> list[Callable[[], EditOutcome]]:
+        """Per case, what makes its edit: fitted together for a group, else one at a time."""
+        if len(cases) == 1 or not isinstance(self.editor, ParallelEditor):
+            return [partial(self.editor.apply, self.lalm, case) for case in cases]
+        with self.timings.measure("edit"):
+            return self.editor.apply_many(self.lalm, cases)
 
     def _blocks(self, cases: Sequence[EditCase]) -> Iterator[list[EditCase]]:
         """Consecutive cases with about `PRE_EDIT_CHUNK_BATCHES` batches of probes in all.
@@ -303,8 +366,10 @@ class EditRunner:
         if block:
             yield block
 
-    def _single_case(self, case: EditCase, pre_edit: Mapping[str, PreEdit]) -> None:
-        outcome, extras = self._apply(case)
+    def _single_case(
+        self, case: EditCase, pre_edit: Mapping[str, PreEdit], edit: Callable[[], EditOutcome]
+    ) -> None:
+        outcome, extras = self._apply(case, edit)
         try:
             post_edit = self._ask([case], pre_edit)
             [specificity] = self._specificity([case], pre_edit, post_edit)
@@ -433,14 +498,17 @@ class EditRunner:
             start += count
         return by_case
 
-    def _apply(self, case: EditCase) -> tuple[EditOutcome, dict[str, float]]:
-        """Apply the edit; its outcome and what the editor reported about it.
+    def _apply(
+        self, case: EditCase, edit: Callable[[], EditOutcome] | None = None
+    ) -> tuple[EditOutcome, dict[str, float]]:
+        """Apply the edit (`edit`, else the editor's `apply`); its outcome and what the editor
+        reported about it.
 
         A diverged edit (non-finite loss or weights) is undone and stops the run: its outputs
         would say nothing about the method, and records already written stay as they are.
         """
         with self.timings.measure("edit"):
-            outcome = self.editor.apply(self.lalm, case)
+            outcome = edit() if edit is not None else self.editor.apply(self.lalm, case)
         problem = divergence(outcome)
         if problem is not None:
             self._undo(outcome.snapshot)

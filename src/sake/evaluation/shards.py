@@ -22,7 +22,16 @@ log = logging.getLogger(__name__)
 
 # Settings in which shards of one run may differ: where they write and log, how many threads
 # they use, and which shard they are (unlike a resume, shards must share `dataset.limit`).
-SHARD_NEUTRAL_KEYS = ("resume", "logger", "paths", "hydra", "task.threads", "eval.shard")
+SHARD_NEUTRAL_KEYS = (
+    "resume",
+    "logger",
+    "paths",
+    "hydra",
+    "task.threads",
+    "eval.shard",
+    "eval.parallel_edits",
+    "eval.memory_budget_gb",
+)
 
 Record = Mapping[str, Any]
 

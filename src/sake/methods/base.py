@@ -14,7 +14,7 @@ hyperparameter dataclass, so the config and the dataclass cannot drift apart.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
@@ -175,6 +175,22 @@ class Editor(Protocol):
     def apply(self, lalm: LALM, case: EditCase) -> EditOutcome: ...
 
     def context(self) -> QueryContext: ...
+
+
+PendingEdit = Callable[[], EditOutcome]
+
+
+@runtime_checkable
+class ParallelEditor(Editor, Protocol):
+    """An editor that can make many independent edits (single editing) as one computation.
+
+    `apply_many` edits nothing in place: it returns, per case, a function that writes that
+    case's edit into the model and gives its outcome, whose snapshot restores the weights
+    `apply_many` started from; edits are installed one at a time, each restored before the
+    next. Each outcome equals `apply`'s for the same case up to float rounding.
+    """
+
+    def apply_many(self, lalm: LALM, cases: Sequence[EditCase]) -> list[PendingEdit]: ...
 
 
 def role_touches_audio_path(role: str) -> bool:

@@ -28,12 +28,14 @@ from sake.methods.base import (
     EditorState,
     EditOutcome,
     MasterWeights,
+    PendingEdit,
     QueryContext,
     WeightSnapshot,
     check_choice,
     role_touches_audio_path,
 )
-from sake.models.base import LALM
+from sake.methods.parallel import EditCopies
+from sake.models.base import LALM, Batch
 from sake.utils.params import trainable_only
 
 MASTER_WEIGHTS = ("none", "fp32")
@@ -124,8 +126,93 @@ class FineTuneEditor:
                     weights.push_weights()
                 steps += 1
 
+    def apply_many(self, lalm: LALM, cases: Sequence[EditCase]) -> list[PendingEdit]:
+        """Fit every case's edit at once, each on its own copy of the role's parameters.
+
+        One teacher-forced pass over the cases' reliability probes per step; an edit stops
+        changing once its loss is below `stop_loss` or it took `max_steps` steps, as `apply`
+        stops, while the others go on. Each case's seconds are the batch's divided evenly.
+        """
+        start = perf_counter()
+        parameters = lalm.modules.parameters(self.config.role)
+        snapshot = WeightSnapshot.take(parameters)
+        module = lalm.modules.resolve(self.config.role).module
+        fp32 = self.config.master_weights == "fp32"
+        copies = EditCopies(module, len(cases), torch.float32 if fp32 else None)
+        fitted = self._fit_many(lalm, cases, copies)
+        seconds = (perf_counter() - start) / len(cases)
+
+        def pending(edit: int) -> PendingEdit:
+            def install() -> EditOutcome:
+                copies.install(edit)
+                self.state.record(cases[edit])
+                steps, final_loss = fitted[edit]
+                return EditOutcome(snapshot, steps, final_loss, seconds)
+
+            return install
+
+        return [pending(edit) for edit in range(len(cases))]
+
+    def _fit_many(
+        self, lalm: LALM, cases: Sequence[EditCase], copies: EditCopies
+    ) -> list[tuple[int, float]]:
+        """Adam on the stacked copies; per edit, the steps taken and the last loss."""
+        audio_rows = role_touches_audio_path(self.config.role)
+        optimizer = torch.optim.Adam(copies.tensors, lr=self.config.lr, foreach=True)
+        steps = [0] * len(cases)
+        fitted: dict[int, tuple[int, float]] = {}
+        active = list(range(len(cases)))
+        batch_of: dict[tuple[int, ...], tuple[Batch, list[int]]] = {}
+        with trainable_only(lalm.model, {}), copies.routed(), torch.enable_grad():
+            while True:
+                key = tuple(active)
+                if key not in batch_of:
+                    batch_of[key] = routed_batch(
+                        lalm, [cases[k] for k in active], active, audio_rows
+                    )
+                batch, rows = batch_of[key]
+                copies.route(rows)
+                targets = [cases[k].reliability.answer for k in active]
+                losses = lalm.target_nll(batch, targets, include_end=self.config.supervise_end)
+                going = []
+                for position, (edit, loss) in enumerate(zip(active, losses.tolist(), strict=True)):
+                    if loss < self.config.stop_loss or steps[edit] == self.config.max_steps:
+                        fitted[edit] = (steps[edit], loss)
+                    else:
+                        going.append(position)
+                if not going:
+                    return [fitted[edit] for edit in range(len(cases))]
+                optimizer.zero_grad(set_to_none=True)
+                losses[going].sum().backward()
+                stopped = [
+                    edit for edit in range(len(cases)) if edit in fitted or edit not in active
+                ]
+                with copies.held(stopped):
+                    optimizer.step()
+                active = [active[position] for position in going]
+                for edit in active:
+                    steps[edit] += 1
+
     def context(self) -> QueryContext:
         return QueryContext()
+
+
+def routed_batch(
+    lalm: LALM, cases: Sequence[EditCase], edits: Sequence[int], audio_rows: bool
+) -> tuple[Batch, list[int]]:
+    """The cases' reliability probes as one batch, and the edit of each row the edited module
+    sees: a prompt per case for a module of the LLM, a clip per case for one of the audio path
+    (whose clips must then differ from case to case)."""
+    batch = lalm.prepare([case.reliability for case in cases])
+    if not audio_rows:
+        return batch, list(edits)
+    clips = list(batch.inputs.get("audio_paths", ()))
+    if len(clips) != len(cases) or len(set(clips)) != len(clips):
+        raise ValueError(
+            "parallel edits of the audio path need one distinct clip per case; run these "
+            "cases one at a time (eval.parallel_edits=1)"
+        )
+    return batch, list(edits)
 
 
 def build_ft(**fields: object) -> FineTuneEditor:

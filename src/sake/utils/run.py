@@ -22,7 +22,8 @@ Metrics = dict[str, float]
 CONFIG_FILE = "config.yaml"
 REPORT_FILE = "report.md"
 # Settings that do not shape a run's records: a resumed run may change them (a new
-# `dataset.limit` chooses how many cases, and the first ones are the same cases).
+# `dataset.limit` chooses how many cases, and the first ones are the same cases; edits made
+# together equal edits made one at a time up to float rounding).
 RECORD_NEUTRAL_KEYS: tuple[str, ...] = (
     "resume",
     "logger",
@@ -30,6 +31,8 @@ RECORD_NEUTRAL_KEYS: tuple[str, ...] = (
     "hydra",
     "task.threads",
     "dataset.limit",
+    "eval.parallel_edits",
+    "eval.memory_budget_gb",
 )
 
 
