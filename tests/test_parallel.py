@@ -72,7 +72,7 @@ def test_parallel_edits_equal_one_at_a_time_edits(
         # Adam divides by the gradient's size: float rounding of a batch's gradients moves a
         # near-zero element by a small share of one step (lr)
         for name, value in role_weights(lalm, role).items():
-            torch.testing.assert_close(value, weights[name], rtol=1e-3, atol=1e-2 * lr)
+            torch.testing.assert_close(value, weights[name], rtol=1e-3, atol=5e-2 * lr)
         probe_batch = lalm.prepare([*case.probes()][:6])
         torch.testing.assert_close(
             lalm.next_token_logits(probe_batch), logits, rtol=1e-3, atol=1e-4

@@ -109,14 +109,46 @@ class EditCopies:
                 f"the routed module got {batch} rows but {0 if rows is None else rows.numel()} "
                 "row edits were routed"
             )
+        edits, counts = torch.unique(rows, return_counts=True)
+        if bool((counts == counts[0]).all()):
+            return self._vectorised(args, kwargs, edits, int(counts[0]), batch)
         outputs: list[tuple[Tensor, Any]] = []
-        for edit in torch.unique(rows).tolist():
+        for edit in edits.tolist():
             where = torch.nonzero(rows == edit).flatten()
-            own = {name: tensor[edit] for name, tensor in self.stacked.items()}
-            own = {name: value.to(self.parameters[name].dtype) for name, value in own.items()}
             part_args, part_kwargs = _select_rows((args, kwargs), where, batch)
-            outputs.append((where, functional_call(self._template, own, part_args, part_kwargs)))
+            output = functional_call(self._template, self._own(edit), part_args, part_kwargs)
+            outputs.append((where, output))
         return _scatter_rows(outputs, batch)
+
+    def _own(self, edit: int | Tensor) -> dict[str, Tensor]:
+        return {
+            name: tensor[edit].to(self.parameters[name].dtype)
+            for name, tensor in self.stacked.items()
+        }
+
+    def _vectorised(
+        self, args: Any, kwargs: dict[str, Any], edits: Tensor, per_edit: int, batch: int
+    ) -> Any:
+        """Equal row groups in one vmapped call: rows gathered edit by edit into (edits,
+        per_edit, ...), the module mapped over the edits with their copies, rows put back."""
+        assert self.rows is not None
+        order = torch.argsort(self.rows, stable=True)
+        grouped_args, grouped_kwargs = _select_rows((args, kwargs), order, batch)
+        stacked_args = _unflatten_rows(grouped_args, len(edits), per_edit, batch)
+        stacked_kwargs = _unflatten_rows(grouped_kwargs, len(edits), per_edit, batch)
+        copies = {
+            name: tensor.index_select(0, edits.to(tensor.device)).to(self.parameters[name].dtype)
+            for name, tensor in self.stacked.items()
+        }
+        in_dims = _batched_dims(args, batch), _batched_dims(kwargs, batch)
+
+        def one_edit(params: dict[str, Tensor], call_args: Any, call_kwargs: Any) -> Any:
+            return functional_call(self._template, params, call_args, call_kwargs)
+
+        mapped = torch.func.vmap(one_edit, in_dims=(0, *in_dims))(
+            copies, stacked_args, stacked_kwargs
+        )
+        return _scatter_rows([(order, _flatten_rows(mapped))], batch)
 
 
 def _batch_size(args: Sequence[Any], kwargs: dict[str, Any]) -> int:
@@ -151,6 +183,39 @@ def _select_rows(tree: Any, where: Tensor, batch: int) -> Any:
     if isinstance(tree, dict):
         return {key: _select_rows(value, where, batch) for key, value in tree.items()}
     return tree
+
+
+def _unflatten_rows(tree: Any, edits: int, per_edit: int, batch: int) -> Any:
+    """Batch-sized tensors of `tree` reshaped (batch, ...) -> (edits, per_edit, ...)."""
+    if isinstance(tree, Tensor):
+        if tree.dim() and tree.shape[0] == batch:
+            return tree.reshape(edits, per_edit, *tree.shape[1:])
+        return tree
+    if isinstance(tree, (tuple, list)):
+        return type(tree)(_unflatten_rows(item, edits, per_edit, batch) for item in tree)
+    if isinstance(tree, dict):
+        return {key: _unflatten_rows(value, edits, per_edit, batch) for key, value in tree.items()}
+    return tree
+
+
+def _batched_dims(tree: Any, batch: int) -> Any:
+    """vmap's in_dims for `tree` once `_unflatten_rows` reshaped it: 0 where a tensor is
+    batch-sized, None elsewhere."""
+    if isinstance(tree, Tensor):
+        return 0 if tree.dim() and tree.shape[0] == batch else None
+    if isinstance(tree, (tuple, list)):
+        return type(tree)(_batched_dims(item, batch) for item in tree)
+    if isinstance(tree, dict):
+        return {key: _batched_dims(value, batch) for key, value in tree.items()}
+    return None
+
+
+def _flatten_rows(tree: Any) -> Any:
+    if isinstance(tree, Tensor):
+        return tree.reshape(tree.shape[0] * tree.shape[1], *tree.shape[2:])
+    if isinstance(tree, (tuple, list)):
+        return type(tree)(_flatten_rows(item) for item in tree)
+    raise TypeError(f"the routed module returned a {type(tree).__name__}, not tensors")
 
 
 def _scatter_rows(parts: Sequence[tuple[Tensor, Any]], batch: int) -> Any:
