@@ -78,6 +78,7 @@ from sake.methods.base import (
     role_touches_audio_path,
 )
 from sake.methods.parallel import auto_parallel_edits, free_memory_bytes, parallel_groups
+from sake.methods.saved import EditSaver
 from sake.models.base import LALM
 
 log = logging.getLogger(__name__)
@@ -274,8 +275,10 @@ class EditRunner:
         model_name: str,
         audio_root: Path | None = None,
         judge: Judge | None = None,
+        saver: EditSaver | None = None,
     ) -> None:
         self.lalm = lalm
+        self.saver = saver
         self.judge = judge or OptionJudge()
         self.editor = editor
         self.settings = settings
@@ -371,6 +374,7 @@ class EditRunner:
     ) -> None:
         outcome, extras = self._apply(case, edit)
         try:
+            self._save(outcome.snapshot, [case.case_id])
             post_edit = self._ask([case], pre_edit)
             [specificity] = self._specificity([case], pre_edit, post_edit)
         finally:
@@ -434,6 +438,8 @@ class EditRunner:
                     if todo:
                         self._sequential_step(sequence, step, todo, applied, pre_edit)
                     progress.update()
+                edited = [case.case_id for case in cases[: len(schedule)]]
+                self._save(snapshot, edited, sequence.index)
         finally:
             self._undo(snapshot)
 
@@ -585,6 +591,14 @@ class EditRunner:
                 system=context.system,
                 history=context.history,
             )
+
+    def _save(
+        self, snapshot: WeightSnapshot | None, case_ids: Sequence[str], sequence: int | None = None
+    ) -> None:
+        """Keep the edit in a file, when the run saves its edits."""
+        if self.saver is not None:
+            with self.timings.measure("save"):
+                self.saver.save(snapshot, self.editor, case_ids, sequence)
 
     def _undo(self, snapshot: WeightSnapshot | None) -> None:
         with self.timings.measure("restore"):

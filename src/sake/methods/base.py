@@ -63,6 +63,10 @@ class WeightSnapshot:
     def names(self) -> tuple[str, ...]:
         return tuple(self._saved)
 
+    def current(self) -> dict[str, Tensor]:
+        """The parameters' current values (the live tensors, detached)."""
+        return {name: parameter.detach() for name, parameter in self._parameters.items()}
+
     def restore(self) -> None:
         with torch.no_grad():
             for name, parameter in self._parameters.items():

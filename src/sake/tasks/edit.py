@@ -36,6 +36,7 @@ from sake.evaluation.records import RECORDS_FILE, Record, RecordWriter
 from sake.evaluation.rejudging import run_metrics
 from sake.evaluation.report import portability_categories, publish_run_report
 from sake.methods.base import Editor, build_editor
+from sake.methods.saved import EditSaver
 from sake.models.base import LALM
 from sake.runner import EditRunner, EvalSettings, eval_settings
 from sake.utils.resolvers import config_options
@@ -44,6 +45,7 @@ from sake.utils.run import RunContext
 log = logging.getLogger(__name__)
 
 TIMING_FILE = "timing.json"
+EDITS_DIR = "edits"
 
 
 def edit_task(cfg: DictConfig, run: RunContext) -> dict[str, float]:
@@ -83,13 +85,14 @@ def run_protocol(
     """Run the configured protocol, write `timing.json`, return every record of the run."""
     cache_root = Path(cfg.paths.cache_dir) if cfg.eval.get("pre_edit_cache", True) else None
     writer = RecordWriter(run.output_dir / RECORDS_FILE, resume=bool(cfg.get("resume", False)))
+    fingerprint = lalm.fingerprint()
     runner = EditRunner(
         lalm,
         editor,
         settings=settings,
         pre_edit=PreEditCache(
             cache_root,
-            lalm.fingerprint(),
+            fingerprint,
             settings.max_new_tokens,
             keep_logits=bool(cfg.eval.get("pre_edit_logits", True)),
         ),
@@ -97,6 +100,7 @@ def run_protocol(
         model_name=str(cfg.model.name),
         audio_root=getattr(dataset, "audio_root", None),
         judge=instantiate(cfg.judge) if cfg.get("judge") else OptionJudge(),
+        saver=edit_saver(cfg, run, fingerprint),
     )
     with runner.timings.measure("total"):
         if settings.protocol == "single":
@@ -113,6 +117,14 @@ def run_protocol(
     }
     run.write_metrics(timing, name=TIMING_FILE)
     return records
+
+
+def edit_saver(cfg: DictConfig, run: RunContext, fingerprint: str) -> EditSaver | None:
+    """With `save_edits=true`, what writes every edit under `<run>/edits/`."""
+    if not cfg.get("save_edits"):
+        return None
+    method = OmegaConf.to_container(cfg.method, resolve=True)
+    return EditSaver(run.output_dir / EDITS_DIR, fingerprint, str(cfg.model.name), method)
 
 
 def format_summary(protocol: str, metrics: Mapping[str, float]) -> str:
