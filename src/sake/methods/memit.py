@@ -200,7 +200,7 @@ class MemitEditor:
             key, current = self._key_and_output(lalm, batch, role, last_layer, offset)
             residual = (shift.target - current) / (len(layers) - done)
             moment = self._moments[role].matrix
-            delta = memit_update(key[:, None], residual[:, None], moment, self.config.lam)
+            delta = self._layer_update(role, key[:, None], residual[:, None])
             projection = lalm.modules.resolve(role).module
             with torch.no_grad():
                 projection.weight.add_(delta.to(projection.weight.dtype))
@@ -208,6 +208,10 @@ class MemitEditor:
         with torch.no_grad():
             final_loss = float(lalm.target_nll(batch, [target]).mean())
         return shift, regularizers, final_loss
+
+    def _layer_update(self, role: str, keys: Tensor, residuals: Tensor) -> Tensor:
+        """The (d_out, d_in) update of one projection for keys (d_in, n), residuals (d_out, n)."""
+        return memit_update(keys, residuals, self._moments[role].matrix, self.config.lam)
 
     @staticmethod
     def _key_and_output(
