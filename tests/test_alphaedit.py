@@ -7,7 +7,7 @@ from pathlib import Path
 
 import torch
 
-from lalm_fixtures import assert_unchanged, parameters
+from lalm_fixtures import assert_unchanged
 from sake.data.readers import SakeRelease
 from sake.data.schema import EditCase
 from sake.methods.alphaedit import (
@@ -16,9 +16,9 @@ from sake.methods.alphaedit import (
     alphaedit_update,
     null_space_projector,
 )
-from sake.methods.base import NOT_EDITOR_SETTINGS, Editor, build_editor
+from sake.methods.base import NOT_EDITOR_SETTINGS, build_editor
 from sake.models.desta import DestaLALM
-from test_memit import run_protocols
+from test_memit import edited_once, run_protocols
 
 torch.set_num_threads(1)
 
@@ -64,15 +64,7 @@ def test_edit_lowers_the_target_loss_and_restores_bit_exactly(
     lalm: DestaLALM, release: SakeRelease, case: EditCase
 ) -> None:
     editor = alphaedit(nullspace_threshold=1e6)  # every direction is null space: MEMIT at λ=0
-    assert isinstance(editor, Editor) and not editor.touches_audio_path
-    editor.prepare(lalm, release.splits["train"])
-    before = parameters(lalm)
-    batch = lalm.prepare([case.reliability])
-    with torch.no_grad():
-        start = float(lalm.target_nll(batch, [case.y_e]).mean())
-    outcome = editor.apply(lalm, case)
-    assert outcome.snapshot.changed() == ("llm_model.model.layers.0.mlp.down_proj.weight",)
-    assert outcome.final_loss < start
+    outcome, before = edited_once(editor, lalm, release, case)
     assert editor.state.key_moments
     outcome.snapshot.restore()
     editor.state.reset()

@@ -14,7 +14,7 @@ from sake.data.schema import EditCase
 from sake.data.schema import Sequence as EditSequence
 from sake.evaluation.pre_edit import PreEditCache
 from sake.evaluation.records import RECORDS_FILE, RecordWriter
-from sake.methods.base import NOT_EDITOR_SETTINGS, Editor, build_editor
+from sake.methods.base import NOT_EDITOR_SETTINGS, Editor, EditOutcome, build_editor
 from sake.methods.memit import MemitConfig, MemitEditor, memit_update, regularizer_norm
 from sake.methods.stats import SecondMomentCache, preservation_probes
 from sake.models.desta import DestaLALM
@@ -108,10 +108,11 @@ def test_statistics_count_real_tokens_only(lalm: DestaLALM, release: SakeRelease
 # --------------------------------------------------------------------------- editing
 
 
-def test_edit_lowers_the_target_loss_and_restores_bit_exactly(
-    lalm: DestaLALM, release: SakeRelease, case: EditCase
-) -> None:
-    editor = memit(layers=(0,), lam=1e-2, v_steps=10)
+def edited_once(
+    editor: Editor, lalm: DestaLALM, release: SakeRelease, case: EditCase
+) -> tuple[EditOutcome, dict[str, torch.Tensor]]:
+    """Prepare and apply a layer-0 edit; check it changed that projection only and lowered
+    the target's loss. The outcome and the parameters from before."""
     assert isinstance(editor, Editor) and not editor.touches_audio_path
     editor.prepare(lalm, release.splits["train"])
     before = parameters(lalm)
@@ -119,8 +120,17 @@ def test_edit_lowers_the_target_loss_and_restores_bit_exactly(
     with torch.no_grad():
         start = float(lalm.target_nll(batch, [case.y_e]).mean())
     outcome = editor.apply(lalm, case)
+    assert outcome.snapshot is not None
     assert outcome.snapshot.changed() == ("llm_model.model.layers.0.mlp.down_proj.weight",)
-    assert outcome.final_loss < start
+    assert outcome.final_loss is not None and outcome.final_loss < start
+    return outcome, before
+
+
+def test_edit_lowers_the_target_loss_and_restores_bit_exactly(
+    lalm: DestaLALM, release: SakeRelease, case: EditCase
+) -> None:
+    editor = memit(layers=(0,), lam=1e-2, v_steps=10)
+    outcome, before = edited_once(editor, lalm, release, case)
     assert set(editor.extras) >= {"regularizer/layer0", "regularizer/mean"}
     assert editor.extras["regularizer/mean"] == editor.extras["regularizer/layer0"] > 0
     outcome.snapshot.restore()

@@ -8,7 +8,7 @@ import pytest
 import torch
 from omegaconf import open_dict
 
-from lalm_fixtures import edit_release, make_lalm, make_tokenizer, release_on_disk, run_overrides
+from lalm_fixtures import release_on_disk, run_overrides
 from sake.data.readers import SakeRelease
 from sake.data.schema import EditCase
 from sake.evaluation.records import RECORDS_FILE, read_records
@@ -19,16 +19,6 @@ from sake.models.desta import DestaLALM
 from sake.utils.run import run_task
 
 torch.set_num_threads(1)
-
-
-@pytest.fixture(scope="module")
-def release(tmp_path_factory: pytest.TempPathFactory) -> SakeRelease:
-    return edit_release(tmp_path_factory.mktemp("release"))
-
-
-@pytest.fixture(scope="module")
-def lalm(release: SakeRelease) -> DestaLALM:
-    return make_lalm(make_tokenizer(release))
 
 
 def distinct_clip_cases(release: SakeRelease, count: int) -> list[EditCase]:
