@@ -9,8 +9,9 @@ gives back the edited model bit for bit; the fingerprint check refuses any other
 
 `apply_saved_edit` writes the values into a freshly loaded model and gives an editor holding
 the saved state, whose `context()` every query must carry (in-context methods keep their edit
-there). An editor whose edits live in a memory consulted at inference (WISE) cannot be
-applied this way yet and is refused by name.
+there). An editor whose edits live in a memory consulted at inference (WISE's side memory,
+GRACE's codebook; both saved in the editor state) cannot be applied this way yet and is refused
+by name.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ from sake.models.base import LALM
 
 METADATA_KEY = "sake_edit"
 FORMAT_VERSION = 1
-MEMORY_EDITORS: tuple[str, ...] = ("wise",)
+MEMORY_EDITORS: tuple[str, ...] = ("wise", "grace")
 
 
 class SavedEditMismatchError(ValueError):
