@@ -49,6 +49,22 @@ def test_edit_takes_through_the_codebook_and_reset_restores_the_model_bit_exactl
     assert first_token_log_prob(lalm, case) == start
 
 
+def test_audio_keys_look_up_the_clip_and_leave_text_only_prompts_alone(
+    lalm: DestaLALM, release: SakeRelease, case: EditCase
+) -> None:
+    editor = grace(key="audio")
+    editor.prepare(lalm, [])
+    text_probe = case.locality_text[0]
+    text_batch = lalm.prepare([text_probe])
+    text_before = lalm.next_token_logits(text_batch)
+    start = first_token_log_prob(lalm, case)
+    editor.apply(lalm, case)
+    assert first_token_log_prob(lalm, case) > start + 0.5
+    assert torch.equal(lalm.next_token_logits(text_batch), text_before)
+    editor.state.reset()
+    assert first_token_log_prob(lalm, case) == start
+
+
 def test_a_far_query_is_deferred_to_the_unedited_layer() -> None:
     codebook = Codebook(torch.zeros(1, 3), torch.ones(1, 2), torch.tensor([1.0]), ["x"])
     queries = torch.tensor([[0.5, 0.0, 0.0], [3.0, 0.0, 0.0]])

@@ -13,6 +13,12 @@ codebook with the layer's input at the last token it sees (the prompt's last tok
 generated token) and replaces the output there when the nearest key lies within its radius
 (`replacement: replace_last`; `replace_all` replaces every position, `replace_prompt` every
 position before it). The weights never change: the codebook is the edit, and reset empties it.
+
+Audio-aware keys (`key: audio`, this project's option): the key is the mean of the layer's
+inputs over the prompt's audio placeholder positions instead of the last token's input, so the
+lookup asks "is this the edited clip (or one like it)?" rather than "is this the edited
+prompt?". A forward pass without audio positions (a text-only prompt, a generated token) is
+never looked up; the value still replaces the output at the edit token.
 """
 
 from __future__ import annotations
@@ -33,6 +39,7 @@ from sake.utils.params import trainable_only
 VALUE_INITS = ("cold", "warm")
 EXPANSIONS = ("coverage", "moving_average")
 REPLACEMENTS = ("replace_last", "replace_all", "replace_prompt")
+KEYS = ("last_token", "audio")
 
 
 @dataclass(frozen=True)
@@ -47,10 +54,12 @@ class GraceConfig:
     eps_expand: str = "coverage"
     val_init: str = "cold"
     replacement: str = "replace_last"
+    key: str = "last_token"
     supervise_end: bool = True
     seed: int = 0
 
     def __post_init__(self) -> None:
+        check_choice(self.name, "key", self.key, KEYS)
         check_choice(self.name, "val_init", self.val_init, VALUE_INITS)
         check_choice(self.name, "eps_expand", self.eps_expand, EXPANSIONS)
         check_choice(self.name, "replacement", self.replacement, REPLACEMENTS)
@@ -94,25 +103,62 @@ class Codebook:
 
 
 class CodebookLayer:
-    """A forward hook on the edited linear layer that swaps in codebook values."""
+    """A forward hook on the edited linear layer that swaps in codebook values.
 
-    def __init__(self, module: nn.Module, replacement: str) -> None:
+    With audio keys, a pre-hook on the token embedding notes where the current forward pass's
+    audio placeholders are (`audio_token_id`).
+    """
+
+    def __init__(
+        self,
+        module: nn.Module,
+        replacement: str,
+        embedding: nn.Module | None = None,
+        audio_token_id: int | None = None,
+    ) -> None:
         self.module = module
         self.replacement = replacement
+        self.embedding = embedding
+        self.audio_token_id = audio_token_id
+        self.audio_positions: Tensor | None = None
         self.codebook: Codebook | None = None
         self.key_index: int | None = None  # the edit token while training; else the last
         self.trained: Tensor | None = None  # the value being trained, in place of its entry
         self.trained_entry = -1
-        self._handle: Any = None
+        self._handles: list[Any] = []
+
+    @property
+    def audio_keys(self) -> bool:
+        return self.embedding is not None
 
     def install(self) -> None:
-        if self._handle is None:
-            self._handle = self.module.register_forward_hook(self._hook)
+        if self._handles:
+            return
+        self._handles.append(self.module.register_forward_hook(self._hook))
+        if self.embedding is not None:
+            self._handles.append(self.embedding.register_forward_pre_hook(self._note_audio))
 
     def remove(self) -> None:
-        if self._handle is not None:
-            self._handle.remove()
-            self._handle = None
+        for handle in self._handles:
+            handle.remove()
+        self._handles.clear()
+        self.audio_positions = None
+
+    def queries(self, inputs: Tensor, position: int) -> tuple[Tensor, Tensor]:
+        """Per row, the query and whether it has one (audio keys need audio positions)."""
+        if not self.audio_keys:
+            rows = torch.ones(inputs.shape[0], dtype=torch.bool, device=inputs.device)
+            return inputs[:, position], rows
+        mask = self.audio_positions
+        if mask is None or mask.shape != inputs.shape[:2]:
+            mask = torch.zeros(inputs.shape[:2], dtype=torch.bool, device=inputs.device)
+        mask = mask.to(inputs.device)
+        counts = mask.sum(dim=1, keepdim=True)
+        summed = (inputs.float() * mask[..., None]).sum(dim=1)
+        return summed / counts.clamp_min(1), counts[:, 0] > 0
+
+    def _note_audio(self, module: nn.Module, args: tuple[Tensor, ...]) -> None:
+        self.audio_positions = args[0] == self.audio_token_id
 
     def _hook(self, module: nn.Module, args: tuple[Tensor, ...], output: Tensor) -> Tensor:
         codebook = self.codebook
@@ -120,8 +166,9 @@ class CodebookLayer:
             return output
         inputs = args[0]
         position = inputs.shape[1] - 1 if self.key_index is None else self.key_index
-        distance, entry = codebook.nearest(inputs[:, position])
-        inside = distance <= codebook.radii.to(distance.device)[entry]
+        queries, asked = self.queries(inputs, position)
+        distance, entry = codebook.nearest(queries)
+        inside = (distance <= codebook.radii.to(distance.device)[entry]) & asked
         values = codebook.values.to(output.device, output.dtype)[entry]
         if self.trained is not None:
             chosen = entry == self.trained_entry
@@ -200,7 +247,13 @@ class GraceEditor:
                 f"{self.name}: role {self.config.role!r} is a {type(module).__name__}, "
                 "GRACE keys a linear layer"
             )
-        self.state.layer = CodebookLayer(module, self.config.replacement)
+        audio = self.config.key == "audio"
+        self.state.layer = CodebookLayer(
+            module,
+            self.config.replacement,
+            lalm.modules.resolve("llm.embed").module if audio else None,
+            lalm.audio_token_id if audio else None,
+        )
         self.state.sync()
 
     def apply(self, lalm: LALM, case: EditCase) -> EditOutcome:
@@ -210,7 +263,7 @@ class GraceEditor:
             raise RuntimeError(f"{self.name}: call prepare() before apply()")
         batch = lalm.prepare([case.reliability])
         position = int(batch.input_ids.shape[1]) - 1
-        query, output = self._query(lalm, batch, layer.module, position)
+        query, output = self._query(lalm, batch, layer, position)
         entry = self._place(query, output, case.y_e, len(self.state.edits))
         steps, loss = self._train(lalm, batch, case, entry, position)
         self.state.record(case)
@@ -223,15 +276,24 @@ class GraceEditor:
         return QueryContext()
 
     def _query(
-        self, lalm: LALM, batch: Any, module: nn.Module, position: int
+        self, lalm: LALM, batch: Any, layer: CodebookLayer, position: int
     ) -> tuple[Tensor, Tensor]:
-        """The layer's input and unedited output at the edit token."""
+        """The edit's key (the layer's input at the edit token, or its audio mean) and the
+        layer's unedited output at the edit token."""
         seen: list[tuple[Tensor, Tensor]] = []
+        audio = (batch.input_ids == lalm.audio_token_id).to(batch.input_ids.device)
 
         def record(_: nn.Module, args: tuple[Tensor, ...], output: Tensor) -> None:
-            seen.append((args[0][0, position].detach(), output[0, position].detach()))
+            layer.audio_positions = audio
+            queries, asked = layer.queries(args[0].detach(), position)
+            if not bool(asked[0]):
+                raise ValueError(
+                    f"{self.name}: audio keys need an edit prompt with audio; the reliability "
+                    "probe has none"
+                )
+            seen.append((queries[0], output[0, position].detach()))
 
-        handle = module.register_forward_hook(record)
+        handle = layer.module.register_forward_hook(record, prepend=True)
         try:
             with torch.no_grad():
                 lalm.next_token_logits(batch)

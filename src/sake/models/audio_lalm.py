@@ -185,6 +185,11 @@ class AudioLALM:
         """Seconds of a clip the model hears; the rest of a longer clip is cut."""
         raise NotImplementedError
 
+    @property
+    def audio_token_id(self) -> int:
+        """The placeholder token whose embeddings the audio overwrites."""
+        raise NotImplementedError
+
     # ---------------------------------------------------------------- what a model says itself
 
     def prompt_text(

@@ -85,6 +85,11 @@ class LALM(Protocol):
         """Seconds of a clip the model hears; the rest of a longer clip is cut."""
         ...
 
+    @property
+    def audio_token_id(self) -> int:
+        """The placeholder token whose embeddings the audio overwrites."""
+        ...
+
     def prepare(
         self,
         probes: Sequence[Probe],

@@ -138,6 +138,10 @@ class DestaLALM(AudioLALM):
         """Seconds of a clip the encoder hears; longer clips are cut to this."""
         return float(self.config.encoder.max_seconds)
 
+    @property
+    def audio_token_id(self) -> int:
+        return int(self.config.audio_token_id)
+
     # ---------------------------------------------------------------- prompts
 
     def prompt_text(

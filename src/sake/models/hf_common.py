@@ -172,7 +172,11 @@ class HFAudioLALM(AudioLALM):
         self.processor = processor
         self.feature_extractor = processor.feature_extractor
         self.chat_template = self._required_chat_template(processor)
-        self.audio_token_id = self._single_token_id(self.audio_token, "audio placeholder")
+        self._audio_token_id = self._single_token_id(self.audio_token, "audio placeholder")
+
+    @property
+    def audio_token_id(self) -> int:
+        return self._audio_token_id
 
     @property
     def sample_rate(self) -> int:
