@@ -44,7 +44,7 @@ def apply_task(compose_cfg, on_disk, edit: Path, directory: Path) -> dict[str, f
 
 @pytest.mark.parametrize(
     ("method", "protocol"),
-    [("ft_audio", "single"), ("i_ike", "single"), ("ft_llm", "sequential")],
+    [("ft_audio", "single"), ("i_ike", "single"), ("grace", "single"), ("ft_llm", "sequential")],
 )
 def test_a_saved_edit_applied_to_a_fresh_model_gives_the_recorded_outputs(
     compose_cfg, on_disk, tmp_path: Path, method: str, protocol: str
@@ -52,6 +52,8 @@ def test_a_saved_edit_applied_to_a_fresh_model_gives_the_recorded_outputs(
     extra = [f"method={method}", f"eval.protocol={protocol}"]
     if method.startswith("ft_"):
         extra.append("method.max_steps=3")
+    if method == "grace":
+        extra.append("method.n_iter=3")
     if protocol == "sequential":
         extra += ["dataset.limit=1", "eval.sequential.max_edit=2", "eval.sequential.max_gap=1"]
     run = edit_run(compose_cfg, on_disk, tmp_path / "run", *extra)
@@ -60,7 +62,7 @@ def test_a_saved_edit_applied_to_a_fresh_model_gives_the_recorded_outputs(
     for index, path in enumerate(files):
         saved = read_saved_edit(path)
         assert saved.method_name == method and saved.case_ids
-        if method == "i_ike":
+        if method in ("i_ike", "grace"):
             assert not saved.tensors and saved.editor_state["edits"]
         else:
             assert saved.tensors

@@ -197,6 +197,17 @@ class ParallelEditor(Editor, Protocol):
     def apply_many(self, lalm: LALM, cases: Sequence[EditCase]) -> list[PendingEdit]: ...
 
 
+@runtime_checkable
+class AttachableEditor(Editor, Protocol):
+    """An editor whose edits act through hooks at inference (a codebook, a memory).
+
+    `attach` installs them on `lalm` without training data, so that a saved editor state can be
+    loaded into a freshly built editor and take effect.
+    """
+
+    def attach(self, lalm: LALM) -> None: ...
+
+
 def role_touches_audio_path(role: str) -> bool:
     """Whether a role names the audio encoder, the connector or a module inside them."""
     return any(role == root or role.startswith(f"{root}.") for root in AUDIO_PATH_ROLES)

@@ -241,6 +241,11 @@ class GraceEditor:
 
     def prepare(self, lalm: LALM, train_cases: Sequence[EditCase]) -> None:
         """Hook the edited layer (GRACE needs no training data)."""
+        self.attach(lalm)
+
+    def attach(self, lalm: LALM) -> None:
+        """Put the codebook's hooks on `lalm`'s edited layer (and its embedding, for audio
+        keys); they act while the codebook holds an entry."""
         module = lalm.modules.resolve(self.config.role).module
         if not isinstance(module, nn.Linear):
             raise TypeError(

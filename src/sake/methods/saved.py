@@ -9,9 +9,9 @@ gives back the edited model bit for bit; the fingerprint check refuses any other
 
 `apply_saved_edit` writes the values into a freshly loaded model and gives an editor holding
 the saved state, whose `context()` every query must carry (in-context methods keep their edit
-there). An editor whose edits live in a memory consulted at inference (WISE's side memory,
-GRACE's codebook; both saved in the editor state) cannot be applied this way yet and is refused
-by name.
+there); an editor whose edits act through hooks at inference (GRACE's codebook) is attached to
+the model first. WISE, whose side memory is saved in its state but whose router is built from
+training data, cannot be applied this way yet and is refused by name.
 """
 
 from __future__ import annotations
@@ -27,12 +27,12 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import Tensor
 
-from sake.methods.base import Editor, WeightSnapshot, build_editor
+from sake.methods.base import AttachableEditor, Editor, WeightSnapshot, build_editor
 from sake.models.base import LALM
 
 METADATA_KEY = "sake_edit"
 FORMAT_VERSION = 1
-MEMORY_EDITORS: tuple[str, ...] = ("wise", "grace")
+MEMORY_EDITORS: tuple[str, ...] = ("wise",)
 
 
 class SavedEditMismatchError(ValueError):
@@ -131,6 +131,8 @@ def apply_saved_edit(lalm: LALM, edit: SavedEdit) -> tuple[Editor, WeightSnapsho
         for name, value in edit.tensors.items():
             touched[name].copy_(value.to(touched[name].device))
     editor = build_editor(edit.method)
+    if isinstance(editor, AttachableEditor):
+        editor.attach(lalm)
     editor.state.load_state_dict(edit.editor_state)
     return editor, snapshot
 
