@@ -11,7 +11,6 @@ from omegaconf import open_dict
 
 from lalm_fixtures import release_on_disk, run_overrides, save_model_dir
 from sake.methods.saved import (
-    SavedEdit,
     SavedEditMismatchError,
     apply_saved_edit,
     read_saved_edit,
@@ -44,7 +43,13 @@ def apply_task(compose_cfg, on_disk, edit: Path, directory: Path) -> dict[str, f
 
 @pytest.mark.parametrize(
     ("method", "protocol"),
-    [("ft_audio", "single"), ("i_ike", "single"), ("grace", "single"), ("ft_llm", "sequential")],
+    [
+        ("ft_audio", "single"),
+        ("i_ike", "single"),
+        ("grace", "single"),
+        ("wise", "single"),
+        ("ft_llm", "sequential"),
+    ],
 )
 def test_a_saved_edit_applied_to_a_fresh_model_gives_the_recorded_outputs(
     compose_cfg, on_disk, tmp_path: Path, method: str, protocol: str
@@ -54,6 +59,8 @@ def test_a_saved_edit_applied_to_a_fresh_model_gives_the_recorded_outputs(
         extra.append("method.max_steps=3")
     if method == "grace":
         extra.append("method.n_iter=3")
+    if method == "wise":
+        extra += ["method.steps=3", "dataset.limit=2"]
     if protocol == "sequential":
         extra += ["dataset.limit=1", "eval.sequential.max_edit=2", "eval.sequential.max_gap=1"]
     run = edit_run(compose_cfg, on_disk, tmp_path / "run", *extra)
@@ -62,7 +69,7 @@ def test_a_saved_edit_applied_to_a_fresh_model_gives_the_recorded_outputs(
     for index, path in enumerate(files):
         saved = read_saved_edit(path)
         assert saved.method_name == method and saved.case_ids
-        if method in ("i_ike", "grace"):
+        if method in ("i_ike", "grace", "wise"):
             assert not saved.tensors and saved.editor_state["edits"]
         else:
             assert saved.tensors
@@ -105,10 +112,3 @@ def test_a_saved_edit_is_refused_by_other_weights(compose_cfg, on_disk, tmp_path
         run_task(cfg)
     with pytest.raises(FileNotFoundError, match="save_edits=true"):
         read_saved_edit(tmp_path / "missing.safetensors")
-
-
-def test_an_edit_kept_in_an_inference_time_memory_is_refused_by_name(compose_cfg, on_disk) -> None:
-    lalm = instantiate(compose_cfg("edit", run_overrides(on_disk, "edit")).model.load)
-    wise = SavedEdit({}, lalm.fingerprint(), "desta_tiny", {"name": "wise"}, ("c",), {"edits": []})
-    with pytest.raises(ValueError, match="wise keeps its edits in a memory"):
-        apply_saved_edit(lalm, wise)

@@ -9,9 +9,8 @@ gives back the edited model bit for bit; the fingerprint check refuses any other
 
 `apply_saved_edit` writes the values into a freshly loaded model and gives an editor holding
 the saved state, whose `context()` every query must carry (in-context methods keep their edit
-there); an editor whose edits act through hooks at inference (GRACE's codebook) is attached to
-the model first. WISE, whose side memory is saved in its state but whose router is built from
-training data, cannot be applied this way yet and is refused by name.
+there); an editor whose edits act through hooks at inference (GRACE's codebook, WISE's routed
+side memories, both kept in the editor state) is attached to the model first.
 """
 
 from __future__ import annotations
@@ -32,7 +31,6 @@ from sake.models.base import LALM
 
 METADATA_KEY = "sake_edit"
 FORMAT_VERSION = 1
-MEMORY_EDITORS: tuple[str, ...] = ("wise",)
 
 
 class SavedEditMismatchError(ValueError):
@@ -108,13 +106,8 @@ def apply_saved_edit(lalm: LALM, edit: SavedEdit) -> tuple[Editor, WeightSnapsho
     """Write `edit` into `lalm`; the editor holding its state, and the snapshot undoing it.
 
     Raises SavedEditMismatchError when the model's fingerprint is not the one the edit was
-    made on, and ValueError for an editor whose edits live in an inference-time memory.
+    made on.
     """
-    if edit.method_name in MEMORY_EDITORS:
-        raise ValueError(
-            f"{edit.method_name} keeps its edits in a memory routed at inference; applying a "
-            "saved edit of it is not supported yet (re-run the edit instead)"
-        )
     found = lalm.fingerprint()
     if found != edit.fingerprint:
         raise SavedEditMismatchError(

@@ -425,19 +425,24 @@ class WiseEditor:
         self._projection: nn.Linear | None = None
 
     def prepare(self, lalm: LALM, train_cases: Sequence[EditCase]) -> None:
-        """Bind the router to the projection and the decoder; pool the preservation probes."""
-        projection = lalm.modules.resolve(self.config.role).module
-        if not isinstance(projection, nn.Linear):
-            raise TypeError(
-                f"{self.name}: role {self.config.role!r} is a {type(projection).__name__}; "
-                "WISE keeps a side memory of a linear projection"
-            )
+        """Pool the preservation probes; bind the router to the projection and the decoder."""
         self.pools = PreservationPools.of(train_cases)
         wanted = self.config.text_preservation + self.config.audio_preservation
         if wanted and self.pools.empty:
             raise ValueError(
                 f"{self.name} draws preservation prompts from the training split, but the "
                 "dataset has no training cases; use a dataset with a train split"
+            )
+        self.attach(lalm)
+
+    def attach(self, lalm: LALM) -> None:
+        """Bind the router to `lalm`'s projection and decoder (no training data needed): it
+        routes to the memories the state holds, and to none while it holds none."""
+        projection = lalm.modules.resolve(self.config.role).module
+        if not isinstance(projection, nn.Linear):
+            raise TypeError(
+                f"{self.name}: role {self.config.role!r} is a {type(projection).__name__}; "
+                "WISE keeps a side memory of a linear projection"
             )
         if self.state.router is not None:
             self.state.router.remove()
