@@ -54,8 +54,11 @@ def test_parallel_edits_equal_one_at_a_time_edits(
         alone.append((outcome, role_weights(lalm, role), lalm.next_token_logits(probe_batch)))
         outcome.snapshot.restore()
     together = editor.apply_many(lalm, cases)
+    assert (together.routing is None) == (role == "connector")
     steps = set()
-    for case, install, (outcome, weights, logits) in zip(cases, together, alone, strict=True):
+    for case, install, (outcome, weights, logits) in zip(
+        cases, together.installs, alone, strict=True
+    ):
         parallel = install()
         assert parallel.steps == outcome.steps
         assert parallel.final_loss == pytest.approx(outcome.final_loss, rel=1e-3, abs=1e-4)

@@ -61,7 +61,7 @@ from sake.data.schema import Sequence as EditSequence
 from sake.evaluation.judges.base import Judge, OptionJudge
 from sake.evaluation.metrics import judge_probes
 from sake.evaluation.pre_edit import PRE_EDIT_CHUNK_BATCHES, PreEditCache, is_locality
-from sake.evaluation.probing import Answers, answer_probes
+from sake.evaluation.probing import Answers, BatchHook, answer_probes, mapped_hook
 from sake.evaluation.records import Record, RecordWriter, record_key
 from sake.evaluation.specificity import (
     LocalityOutputs,
@@ -74,6 +74,7 @@ from sake.methods.base import (
     Editor,
     EditOutcome,
     ParallelEditor,
+    RowRouting,
     WeightSnapshot,
     role_touches_audio_path,
 )
@@ -313,9 +314,8 @@ class EditRunner:
             for block in self._blocks(pending):
                 pre_edit = self._pre_edit(block)
                 for group in parallel_groups(block, together):
-                    for case, edit in zip(group, self._edits_of(group), strict=True):
-                        self._single_case(case, pre_edit, edit)
-                        progress.update()
+                    self._single_group(group, pre_edit)
+                    progress.update(len(group))
         return [self._records[key] for key in keys]
 
     def _parallel_edits(self, cases: Sequence[EditCase]) -> int:
@@ -343,13 +343,6 @@ class EditRunner:
         )
         return chosen
 
-    def _edits_of(self, cases: Sequence[EditCase]) -> list[Callable[[], EditOutcome]]:
-        """Per case, what makes its edit: fitted together for a group, else one at a time."""
-        if len(cases) == 1 or not isinstance(self.editor, ParallelEditor):
-            return [partial(self.editor.apply, self.lalm, case) for case in cases]
-        with self.timings.measure("edit"):
-            return self.editor.apply_many(self.lalm, cases)
-
     def _blocks(self, cases: Sequence[EditCase]) -> Iterator[list[EditCase]]:
         """Consecutive cases with about `PRE_EDIT_CHUNK_BATCHES` batches of probes in all.
 
@@ -368,6 +361,47 @@ class EditRunner:
             size += count
         if block:
             yield block
+
+    def _single_group(self, cases: Sequence[EditCase], pre_edit: Mapping[str, PreEdit]) -> None:
+        """Edit and evaluate `cases`: one at a time, or fitted together and then asked side by
+        side (where the edits can be routed row by row) or installed one after the other."""
+        if len(cases) == 1 or not isinstance(self.editor, ParallelEditor):
+            for case in cases:
+                self._single_case(case, pre_edit, partial(self.editor.apply, self.lalm, case))
+            return
+        with self.timings.measure("edit"):
+            group = self.editor.apply_many(self.lalm, cases)
+        if group.routing is None or self.saver is not None:  # a saved edit is read off the model
+            for case, install in zip(cases, group.installs, strict=True):
+                self._single_case(case, pre_edit, install)
+            return
+        self._routed_cases(cases, pre_edit, group.outcomes, group.routing)
+
+    def _routed_cases(
+        self,
+        cases: Sequence[EditCase],
+        pre_edit: Mapping[str, PreEdit],
+        outcomes: Sequence[EditOutcome],
+        routing: RowRouting,
+    ) -> None:
+        """Ask every case's probes with its own edit, all in the same batches; one record each."""
+        for case, outcome in zip(cases, outcomes, strict=True):
+            self._check_divergence(case, outcome)
+        position = {case.case_id: k for k, case in enumerate(cases)}
+        case_of_probe = [position[slot.case_id] for slot in _probe_slots(cases)]
+        try:
+            with routing.routed():
+                post_edit = self._ask(cases, pre_edit, case_of_probe, routing.route)
+                specificity = self._specificity(cases, pre_edit, post_edit, routing.route)
+        finally:
+            self.editor.state.reset()
+        start = 0
+        for case, outcome, scores in zip(cases, outcomes, specificity, strict=True):
+            count = len(list(case.probes()))
+            fields = {"protocol": "single", **self._case_fields(case, outcome, {})}
+            outputs = post_edit.texts[start : start + count]
+            self._write(fields, case, pre_edit[case.case_id].outputs, outputs, scores)
+            start += count
 
     def _single_case(
         self, case: EditCase, pre_edit: Mapping[str, PreEdit], edit: Callable[[], EditOutcome]
@@ -515,6 +549,11 @@ class EditRunner:
         """
         with self.timings.measure("edit"):
             outcome = edit() if edit is not None else self.editor.apply(self.lalm, case)
+        self._check_divergence(case, outcome)
+        return outcome, editor_extras(self.editor)
+
+    def _check_divergence(self, case: EditCase, outcome: EditOutcome) -> None:
+        """A diverged edit is undone and stops the run (see `_apply`)."""
         problem = divergence(outcome)
         if problem is not None:
             self._undo(outcome.snapshot)
@@ -523,14 +562,21 @@ class EditRunner:
                 "Nothing of it was recorded; lower the method's learning rate (method.lr) or "
                 "check its other settings, then start a new run directory"
             )
-        return outcome, editor_extras(self.editor)
 
-    def _ask(self, cases: Sequence[EditCase], pre_edit: Mapping[str, PreEdit]) -> Answers:
+    def _ask(
+        self,
+        cases: Sequence[EditCase],
+        pre_edit: Mapping[str, PreEdit],
+        case_of_probe: Sequence[int] = (),
+        route: BatchHook | None = None,
+    ) -> Answers:
         """Post-edit answers to all probes of `cases` (case after case), with the first-token
         logits of the locality probes.
 
         A probe the edit cannot reach (no audio, no editing context, an editor that changes
-        only the audio path) is not asked again: its pre-edit output and logits stand.
+        only the audio path) is not asked again: its pre-edit output and logits stand. With
+        `route`, each batch first hears the case (position in `cases`) of each of its rows,
+        `case_of_probe` giving it for every probe.
         """
         context = self.editor.context()
         slots = _probe_slots(cases)
@@ -546,6 +592,7 @@ class EditRunner:
                 system=context.system,
                 history=context.history,
                 logits_for=local,
+                on_batch=mapped_hook(route, [case_of_probe[i] for i in asked]) if route else None,
             )
         texts: list[str] = []
         first_logits: dict[int, Tensor] = {}
@@ -561,12 +608,16 @@ class EditRunner:
         return Answers(texts, first_logits)
 
     def _specificity(
-        self, cases: Sequence[EditCase], pre_edit: Mapping[str, PreEdit], post_edit: Answers
+        self,
+        cases: Sequence[EditCase],
+        pre_edit: Mapping[str, PreEdit],
+        post_edit: Answers,
+        route: BatchHook | None = None,
     ) -> list[list[Scores]]:
         """Scores of each case's locality probes on the edited model, in its query context.
 
         `post_edit` holds the answers to all probes of `cases`, case after case, each in
-        `case.probes()` order.
+        `case.probes()` order; `route` hears each batch's cases first.
         """
         seen = []
         start = 0
@@ -590,6 +641,7 @@ class EditRunner:
                 batch_size=self.settings.batch_size,
                 system=context.system,
                 history=context.history,
+                on_batch=route,
             )
 
     def _save(

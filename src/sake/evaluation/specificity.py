@@ -48,6 +48,7 @@ from sake.evaluation.metrics import (
     specificity_values,
 )
 from sake.evaluation.metrics import SPECIFICITY_METRICS as SPECIFICITY_METRICS
+from sake.evaluation.probing import BatchHook, mapped_hook
 from sake.models.base import LALM, Turn
 
 _ARTICLES = re.compile(r"\b(a|an|the)\b")
@@ -85,12 +86,16 @@ def force_answers(
     batch_size: int = 32,
     system: str | None = None,
     history: Sequence[Turn] = (),
+    on_batch: BatchHook | None = None,
 ) -> ForcedAnswers:
-    """Teacher-force `answers` on `probes` in fixed chunks of `batch_size`, on the CPU."""
+    """Teacher-force `answers` on `probes` in fixed chunks of `batch_size`, on the CPU
+    (`on_batch` hears each chunk's positions first)."""
     firsts: list[Tensor] = []
     accuracies: list[float] = []
     log_probs: list[float] = []
     for start in range(0, len(probes), batch_size):
+        if on_batch is not None:
+            on_batch(range(start, min(start + batch_size, len(probes))))
         batch = lalm.prepare(probes[start : start + batch_size], system=system, history=history)
         targets = list(answers[start : start + batch_size])
         with torch.no_grad():
@@ -145,6 +150,7 @@ def answer_scores(
     batch_size: int = 32,
     system: str | None = None,
     history: Sequence[Turn] = (),
+    on_batch: BatchHook | None = None,
 ) -> AnswerScores:
     """T-acc and log-probability of each answer, teacher-forcing only multi-token answers.
 
@@ -170,6 +176,7 @@ def answer_scores(
             batch_size=batch_size,
             system=system,
             history=history,
+            on_batch=mapped_hook(on_batch, longer),
         )
         for position, i in enumerate(longer):
             accuracy[i] = forced.token_accuracy[position]
@@ -305,23 +312,28 @@ def specificity_of_cases(
     batch_size: int = 32,
     system: str | None = None,
     history: Sequence[Turn] = (),
+    on_batch: BatchHook | None = None,
 ) -> list[list[Scores]]:
     """`specificity_scores` of several cases asked in the same context (one sequential step).
 
     T-acc and C-acc of all of them (true answers, and the edit target where C-acc applies) come
     from one `answer_scores` call, so the few answers that need teacher forcing share batches.
+    `on_batch` hears, before each batch, the positions in `seen` of the cases its rows ask about.
     """
     rows: list[tuple[Probe, str, Tensor]] = []
-    for outputs in seen:
+    row_cases: list[int] = []
+    for position, outputs in enumerate(seen):
         for probe, logits in zip(locality_probes(outputs.case), outputs.post_logits, strict=True):
             rows.append((probe, probe.answer, logits))
+            row_cases.append(position)
     contrasted: list[int] = []
-    for outputs in seen:
+    for position, outputs in enumerate(seen):
         for probe, logits in zip(locality_probes(outputs.case), outputs.post_logits, strict=True):
             rival = rival_option(probe, outputs.case.y_e)
             if rival is not None:
                 contrasted.append(len(rows))
                 rows.append((probe, rival, logits))
+                row_cases.append(position)
     if not rows:
         return [[] for _ in seen]
     scores = answer_scores(
@@ -332,6 +344,9 @@ def specificity_of_cases(
         batch_size=batch_size,
         system=system,
         history=history,
+        on_batch=None
+        if on_batch is None
+        else lambda batch: on_batch([row_cases[r] for r in batch]),
     )
     return _case_scores(seen, scores, contrasted)
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
@@ -184,17 +185,35 @@ class Editor(Protocol):
 PendingEdit = Callable[[], EditOutcome]
 
 
+class RowRouting(Protocol):
+    """Edits held side by side in one model: inside `routed()`, each row of a batch is computed
+    with the edit `route` assigned to it (one edit index per row, in batch order)."""
+
+    def routed(self) -> AbstractContextManager[None]: ...
+
+    def route(self, rows: Sequence[int]) -> None: ...
+
+
+@dataclass(frozen=True)
+class EditGroup:
+    """Edits fitted together. `installs[i]` writes case i's edit into the model and gives its
+    outcome (whose snapshot restores the weights); where the edits can also be asked side by
+    side, `routing` does that without installing, and `outcomes[i]` is case i's outcome then."""
+
+    installs: list[PendingEdit]
+    outcomes: list[EditOutcome]
+    routing: RowRouting | None = None
+
+
 @runtime_checkable
 class ParallelEditor(Editor, Protocol):
     """An editor that can make many independent edits (single editing) as one computation.
 
-    `apply_many` edits nothing in place: it returns, per case, a function that writes that
-    case's edit into the model and gives its outcome, whose snapshot restores the weights
-    `apply_many` started from; edits are installed one at a time, each restored before the
-    next. Each outcome equals `apply`'s for the same case up to float rounding.
+    `apply_many` leaves the model as it found it and returns the group of edits; each outcome
+    equals `apply`'s for the same case up to float rounding.
     """
 
-    def apply_many(self, lalm: LALM, cases: Sequence[EditCase]) -> list[PendingEdit]: ...
+    def apply_many(self, lalm: LALM, cases: Sequence[EditCase]) -> EditGroup: ...
 
 
 @runtime_checkable

@@ -25,6 +25,7 @@ from torch import nn
 
 from sake.data.schema import EditCase
 from sake.methods.base import (
+    EditGroup,
     EditorState,
     EditOutcome,
     MasterWeights,
@@ -126,12 +127,14 @@ class FineTuneEditor:
                     weights.push_weights()
                 steps += 1
 
-    def apply_many(self, lalm: LALM, cases: Sequence[EditCase]) -> list[PendingEdit]:
+    def apply_many(self, lalm: LALM, cases: Sequence[EditCase]) -> EditGroup:
         """Fit every case's edit at once, each on its own copy of the role's parameters.
 
         One teacher-forced pass over the cases' reliability probes per step; an edit stops
         changing once its loss is below `stop_loss` or it took `max_steps` steps, as `apply`
         stops, while the others go on. Each case's seconds are the batch's divided evenly.
+        Edits of an LLM module can be asked side by side (the group's routing: a prompt row
+        per edit); those of the audio path are installed one at a time.
         """
         start = perf_counter()
         parameters = lalm.modules.parameters(self.config.role)
@@ -151,7 +154,10 @@ class FineTuneEditor:
 
             return install
 
-        return [pending(edit) for edit in range(len(cases))]
+        installs = [pending(edit) for edit in range(len(cases))]
+        outcomes = [EditOutcome(None, steps, loss, seconds) for steps, loss in fitted]
+        routing = None if role_touches_audio_path(self.config.role) else copies
+        return EditGroup(installs, outcomes, routing)
 
     def _fit_many(
         self, lalm: LALM, cases: Sequence[EditCase], copies: EditCopies
