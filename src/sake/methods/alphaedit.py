@@ -18,52 +18,35 @@ the reference thresholds its covariance.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 import torch
 from torch import Tensor
 
 from sake.data.schema import EditCase
-from sake.methods.base import EditorState, check_choice
-from sake.methods.hooks import EDIT_TOKENS
-from sake.methods.memit import MemitConfig, MemitEditor
+from sake.methods.base import EditorState
+from sake.methods.memit import LocateSettings, MemitConfig, MemitEditor
 from sake.models.base import LALM
 
 
 @dataclass(frozen=True)
-class AlphaEditConfig:
-    """Hyperparameters of AlphaEdit; exactly the fields of `configs/method/alphaedit.yaml`.
+class AlphaEditConfig(LocateSettings):
+    """Hyperparameters of AlphaEdit; exactly the fields of `configs/method/alphaedit.yaml`:
+    MEMIT's `LocateSettings`, `l2` weighing the update's size and `nullspace_threshold`
+    bounding the eigenvalues of the preserved keys' second moment that count as null space."""
 
-    MEMIT's fields keep their meaning; `l2` weighs the update's size and `nullspace_threshold`
-    bounds the eigenvalues of the preserved keys' second moment that count as null space.
-    """
-
-    name: str
-    layers: tuple[int, ...] = (1, 2)
-    module: str = "mlp.down_proj"
-    token: str = "prompt_end"
     l2: float = 10.0
     nullspace_threshold: float = 2e-2
-    v_steps: int = 25
-    v_lr: float = 0.5
-    v_clamp: float = 4.0
-    v_weight_decay: float = 1e-3
-    v_stop_loss: float = 0.05
-    stats_probes: int = 2000
-    stats_batch_size: int = 32
-    stats_dir: str | None = None
-    seed: int = 0
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "layers", tuple(int(i) for i in self.layers))
-        check_choice(self.name, "token", self.token, EDIT_TOKENS)
+        super().__post_init__()
         if self.l2 <= 0 or self.nullspace_threshold <= 0:
             raise ValueError(f"{self.name}: l2 and nullspace_threshold must be positive")
 
     def memit(self) -> MemitConfig:
         """The MEMIT settings the shared machinery reads (its λ is not used here)."""
-        shared = {k: v for k, v in asdict(self).items() if k not in ("l2", "nullspace_threshold")}
+        shared = {f.name: getattr(self, f.name) for f in fields(LocateSettings)}
         return MemitConfig(**shared, lam=0.0)
 
 

@@ -50,19 +50,19 @@ from sake.models.base import LALM, Batch
 
 
 @dataclass(frozen=True)
-class MemitConfig:
-    """Hyperparameters of MEMIT; exactly the fields of `configs/method/memit.yaml`.
+class LocateSettings:
+    """What MEMIT-style editors share: where the edit lands and how its target is found.
 
     `layers` are LLM layer indices (negative ones count from the end); `module` is the
     projection inside each layer that is edited; `token` where keys are read (`question`: the
-    question's last token, `prompt_end`: the prompt's). `lam` is the preservation strength λ.
+    question's last token, `prompt_end`: the prompt's); `v_*` the target shift's optimisation;
+    `stats_*` the preservation corpus of the key statistics.
     """
 
     name: str
     layers: tuple[int, ...] = (1, 2)
     module: str = "mlp.down_proj"
     token: str = "prompt_end"
-    lam: float = 5.0e2
     v_steps: int = 25
     v_lr: float = 0.5
     v_clamp: float = 4.0
@@ -78,8 +78,6 @@ class MemitConfig:
         if not self.layers:
             raise ValueError(f"{self.name}: layers must name at least one layer")
         check_choice(self.name, "token", self.token, EDIT_TOKENS)
-        if self.lam < 0:
-            raise ValueError(f"{self.name}: lam must be non-negative, got {self.lam}")
         if self.v_steps < 1 or self.stats_probes < 1 or self.stats_batch_size < 1:
             raise ValueError(f"{self.name}: v_steps, stats_probes, stats_batch_size must be >= 1")
 
@@ -87,6 +85,19 @@ class MemitConfig:
         return ShiftSettings(
             self.v_steps, self.v_lr, self.v_clamp, self.v_weight_decay, self.v_stop_loss
         )
+
+
+@dataclass(frozen=True)
+class MemitConfig(LocateSettings):
+    """Hyperparameters of MEMIT; exactly the fields of `configs/method/memit.yaml`: the shared
+    `LocateSettings` and `lam`, the preservation strength λ."""
+
+    lam: float = 5.0e2
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.lam < 0:
+            raise ValueError(f"{self.name}: lam must be non-negative, got {self.lam}")
 
 
 def memit_update(keys: Tensor, residuals: Tensor, second_moment: Tensor, lam: float) -> Tensor:
