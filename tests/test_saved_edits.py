@@ -8,6 +8,7 @@ import pytest
 import torch
 from hydra.utils import instantiate
 from omegaconf import open_dict
+from safetensors import safe_open
 
 from lalm_fixtures import release_on_disk, run_overrides, save_model_dir
 from sake.methods.saved import (
@@ -73,6 +74,10 @@ def test_a_saved_edit_applied_to_a_fresh_model_gives_the_recorded_outputs(
             assert not saved.tensors and saved.editor_state["edits"]
         else:
             assert saved.tensors
+        if method in ("grace", "wise"):  # a codebook / memory: file tensors, not metadata text
+            with safe_open(str(path), framework="pt") as handle:
+                assert any(name.startswith("state/") for name in handle.keys())  # noqa: SIM118
+                assert len(handle.metadata()["sake_edit"]) < 20_000
         metrics = apply_task(compose_cfg, on_disk, path, tmp_path / f"applied{index}")
         assert metrics["apply_edit/same_as_recorded"] == 1.0
     if protocol == "sequential":

@@ -24,15 +24,14 @@ from sake.methods.wise import (
     WiseConfig,
     WiseEditor,
     activation_distance,
-    decode_tensor,
     early_stopped,
-    encode_tensor,
     last_pass_distance,
     reference_penalty,
     ties_merge,
 )
 from sake.models.desta import DestaLALM
 from sake.runner import EditRunner, EvalSettings
+from sake.utils.tensors import decode_tensor, encode_tensor
 
 torch.set_num_threads(1)
 

@@ -35,6 +35,7 @@ from sake.data.schema import EditCase
 from sake.methods.base import EditorState, EditOutcome, QueryContext, check_choice
 from sake.models.base import LALM
 from sake.utils.params import trainable_only
+from sake.utils.tensors import decode_tensor, encode_tensor
 
 VALUE_INITS = ("cold", "warm")
 EXPANSIONS = ("coverage", "moving_average")
@@ -86,18 +87,18 @@ class Codebook:
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "keys": self.keys.tolist(),
-            "values": self.values.detach().tolist(),
-            "radii": self.radii.tolist(),
+            "keys": encode_tensor(self.keys),
+            "values": encode_tensor(self.values),
+            "radii": encode_tensor(self.radii),
             "answers": list(self.answers),
         }
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Codebook:
         return cls(
-            torch.tensor(data["keys"]),
-            torch.tensor(data["values"]),
-            torch.tensor(data["radii"]),
+            decode_tensor(data["keys"]),
+            decode_tensor(data["values"]),
+            decode_tensor(data["radii"]),
             list(data["answers"]),
         )
 

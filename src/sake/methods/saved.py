@@ -28,8 +28,11 @@ from torch import Tensor
 
 from sake.methods.base import AttachableEditor, Editor, WeightSnapshot, build_editor
 from sake.models.base import LALM
+from sake.utils.tensors import decode_tensor, encode_tensor, is_encoded_tensor
 
 METADATA_KEY = "sake_edit"
+STATE_PREFIX = "state/"  # file tensors of the editor state (a memory, a codebook)
+STATE_REFERENCE = "tensor"
 FORMAT_VERSION = 1
 
 
@@ -63,19 +66,46 @@ def edited_values(snapshot: WeightSnapshot | None) -> dict[str, Tensor]:
 
 
 def save_edit(path: Path, edit: SavedEdit) -> Path:
-    """Write `edit` to `path` (safetensors; the origin in the metadata as JSON)."""
+    """Write `edit` to `path` (safetensors; the origin in the metadata as JSON, the tensors of
+    the editor state among the file's tensors under `state/<k>`)."""
     path.parent.mkdir(parents=True, exist_ok=True)
+    state_tensors: dict[str, Tensor] = {}
     origin = {
         "format": FORMAT_VERSION,
         "fingerprint": edit.fingerprint,
         "model": edit.model,
         "method": edit.method,
         "case_ids": list(edit.case_ids),
-        "editor_state": edit.editor_state,
+        "editor_state": tensors_out(edit.editor_state, state_tensors),
         "sequence": edit.sequence,
     }
-    save_file(edit.tensors, str(path), metadata={METADATA_KEY: json.dumps(origin)})
+    tensors = {**edit.tensors, **state_tensors}
+    save_file(tensors, str(path), metadata={METADATA_KEY: json.dumps(origin)})
     return path
+
+
+def tensors_out(tree: Any, store: dict[str, Tensor]) -> Any:
+    """`tree` with every encoded tensor moved into `store` (as `state/<k>`), a reference left."""
+    if is_encoded_tensor(tree):
+        name = f"{STATE_PREFIX}{len(store)}"
+        store[name] = decode_tensor(tree).contiguous()
+        return {STATE_REFERENCE: name}
+    if isinstance(tree, dict):
+        return {key: tensors_out(value, store) for key, value in tree.items()}
+    if isinstance(tree, list):
+        return [tensors_out(item, store) for item in tree]
+    return tree
+
+
+def tensors_in(tree: Any, store: Mapping[str, Tensor]) -> Any:
+    """The inverse of `tensors_out`: references replaced by the encoded tensors again."""
+    if isinstance(tree, dict) and set(tree) == {STATE_REFERENCE}:
+        return encode_tensor(store[tree[STATE_REFERENCE]])
+    if isinstance(tree, dict):
+        return {key: tensors_in(value, store) for key, value in tree.items()}
+    if isinstance(tree, list):
+        return [tensors_in(item, store) for item in tree]
+    return tree
 
 
 def read_saved_edit(path: Path) -> SavedEdit:
@@ -89,15 +119,16 @@ def read_saved_edit(path: Path) -> SavedEdit:
         metadata = handle.metadata() or {}
         if METADATA_KEY not in metadata:
             raise ValueError(f"{path} is a safetensors file but not a saved edit")
-        tensors = {name: handle.get_tensor(name) for name in handle.keys()}  # noqa: SIM118
+        stored = {name: handle.get_tensor(name) for name in handle.keys()}  # noqa: SIM118
     origin = json.loads(metadata[METADATA_KEY])
+    tensors = {name: value for name, value in stored.items() if not name.startswith(STATE_PREFIX)}
     return SavedEdit(
         tensors=tensors,
         fingerprint=str(origin["fingerprint"]),
         model=str(origin["model"]),
         method=dict(origin["method"]),
         case_ids=tuple(origin["case_ids"]),
-        editor_state=dict(origin["editor_state"]),
+        editor_state=tensors_in(dict(origin["editor_state"]), stored),
         sequence=origin.get("sequence"),
     )
 

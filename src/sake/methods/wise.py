@@ -51,7 +51,6 @@ model is exactly the original (no weight was written).
 
 from __future__ import annotations
 
-import base64
 import math
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -70,6 +69,7 @@ from sake.methods.hooks import ModuleRecorder, run_recording
 from sake.methods.stats import PreservationPools
 from sake.models.base import LALM, Batch
 from sake.utils.params import trainable_only
+from sake.utils.tensors import decode_tensor, encode_tensor
 
 MERGES: tuple[str, ...] = ("ties",)
 VARIANTS: tuple[str, ...] = ("reference", "project")
@@ -175,23 +175,6 @@ class SideMemory:
             [Activations.from_dict(a) for a in data["edit_inputs"]],
             math.inf if data["min_distance"] is None else float(data["min_distance"]),
         )
-
-
-def encode_tensor(tensor: Tensor) -> dict[str, Any]:
-    """A JSON-serialisable copy of a tensor of any dtype: raw bytes in base64."""
-    flat = tensor.detach().cpu().contiguous().reshape(-1)
-    raw = flat.view(torch.uint8).numpy().tobytes()
-    return {
-        "dtype": str(flat.dtype).removeprefix("torch."),
-        "shape": list(tensor.shape),
-        "data": base64.b64encode(raw).decode("ascii"),
-    }
-
-
-def decode_tensor(data: Mapping[str, Any]) -> Tensor:
-    raw = bytearray(base64.b64decode(data["data"]))
-    dtype = getattr(torch, data["dtype"])
-    return torch.frombuffer(raw, dtype=torch.uint8).view(dtype).reshape(data["shape"]).clone()
 
 
 def activation_distance(inputs: Tensor, change: Tensor, real: Tensor | None) -> Tensor:
