@@ -50,8 +50,9 @@ from sake.evaluation.metrics import (
     sequential_metrics,
     single_metrics,
 )
-from sake.evaluation.overfitting import overfitting_counts, overfitting_metrics
+from sake.evaluation.overfitting import overfitting_counts
 from sake.evaluation.records import RECORDS_FILE, read_records
+from sake.evaluation.rejudging import run_metrics
 from sake.utils.run import REPORT_FILE, atomic_write_text
 
 Record = Mapping[str, Any]
@@ -821,17 +822,15 @@ def summary_metrics(jobs: Sequence[Job]) -> dict[str, float]:
 
 
 def _job_summary(job: Job) -> dict[str, float]:
+    """The run's metrics (as `run_metrics` gives them), the headline's 95% intervals, and the
+    share of degenerate outputs."""
     if job.protocol == "single":
         estimates = job.single
-        values = single_metrics(job.records, job.aggregation)
         headline = [f"single/{metric}" for metric, _ in HEADLINE]
     else:
         estimates = job.sequential
-        values = sequential_metrics(job.records, aggregation=job.aggregation)
         headline = [f"sequential/{m}/gap{g}" for m, _ in HEADLINE for g in GAPS]
-    summary = dict(values)
-    if job.protocol == "single":
-        summary.update(overfitting_metrics(job.records))
+    summary = run_metrics(job.protocol, job.records, job.aggregation)
     for key in headline:
         if key in estimates:
             low, high = estimates[key].interval
