@@ -184,7 +184,7 @@ class Job:
     `categories` maps a case id to the knowledge categories of its portability probes, in
     probe order (from the dataset; a judged probe's own `category` field wins); `aggregation`
     is the run's `eval.aggregation`; `rank` where the job's rows and columns go
-    (`method_display`).
+    (`method_display`); `config` the run's saved config (empty when it has none).
     """
 
     label: str
@@ -193,6 +193,7 @@ class Job:
     categories: Mapping[str, tuple[str | None, ...]] = field(default_factory=dict)
     aggregation: str = "reference"
     rank: float = math.inf
+    config: Mapping[str, Any] = field(default_factory=dict)
 
     @cached_property
     def single(self) -> dict[str, Estimate]:
@@ -267,9 +268,8 @@ def load_job(directory: Path, records_file: str = RECORDS_FILE) -> Job:
         raise ValueError(f"{path} holds no records; the run finished no edit")
     config = read_config(directory) or read_config(directory.parent)
     label, rank = method_display(config, str(records[0].get("method", directory.name)))
-    return Job(
-        label, records, directory, dataset_categories(config), saved_aggregation(config), rank
-    )
+    categories = dataset_categories(config)
+    return Job(label, records, directory, categories, saved_aggregation(config), rank, config)
 
 
 def distinct_labels(jobs: Sequence[Job]) -> list[Job]:

@@ -16,7 +16,7 @@ from dataclasses import replace
 from itertools import zip_longest
 from typing import Any
 
-from sake.evaluation.report import Job, read_config
+from sake.evaluation.report import Job
 
 log = logging.getLogger(__name__)
 
@@ -40,9 +40,8 @@ def merge_shards(jobs: Sequence[Job]) -> list[Job]:
     """The jobs with every group of shards of one run merged into one job, in first-seen order."""
     groups: dict[str, list[tuple[int, int, Job]]] = {}
     for job in jobs:
-        config = read_config(job.directory) if job.directory is not None else {}
-        shard, count = shard_position(config)
-        groups.setdefault(run_identity(config, job), []).append((shard, count, job))
+        shard, count = shard_position(job.config)
+        groups.setdefault(run_identity(job.config, job), []).append((shard, count, job))
     merged = []
     for members in groups.values():
         if len(members) == 1 and members[0][1] == 1:
