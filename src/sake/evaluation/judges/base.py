@@ -15,12 +15,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
-from sake.evaluation.judges.option import (
-    choose_option,
-    consistent_choices,
-    is_correct,
-    normalise,
-)
+from sake.evaluation.judges.option import choose_option, consistent_choices, correct_choice
 
 MISSING_OUTPUT = "<missing>"
 
@@ -97,9 +92,7 @@ class OptionJudge:
 
     @staticmethod
     def _correct(item: CorrectnessItem) -> Verdict:
-        candidates = _with_answer(item.options, item.answer)
-        choice = choose_option(item.output, candidates)
-        label = is_correct(item.output, item.options, item.answer)
+        label, choice, candidates = correct_choice(item.output, item.options, item.answer)
         chosen = _option_text(candidates, choice.index)
         explanation = f"chose {chosen} ({choice.reason}); expected {item.answer!r}"
         return Verdict(item.item_id, label, explanation, f"option:{choice.reason}")
@@ -114,13 +107,6 @@ class OptionJudge:
             f"b chose {_option_text(pair.options, choice_b.index)} ({choice_b.reason})"
         )
         return Verdict(pair.item_id, label, explanation, "option")
-
-
-def _with_answer(options: Sequence[str], answer: str) -> tuple[str, ...]:
-    """The options as `is_correct` searches them: a free-form answer joins as one more."""
-    if any(normalise(option) == normalise(answer) for option in options):
-        return tuple(options)
-    return (*options, answer)
 
 
 def _option_text(options: Sequence[str], index: int | None) -> str:

@@ -282,22 +282,31 @@ def choose_option(output: str, options: Sequence[str]) -> Choice:
 
 
 def is_correct(output: str, options: Sequence[str], answer: str) -> bool:
-    """True when `output` chose exactly the option that is `answer`.
+    """True when `output` chose exactly the option that is `answer` (see `correct_choice`)."""
+    return correct_choice(output, options, answer)[0]
+
+
+def correct_choice(
+    output: str, options: Sequence[str], answer: str
+) -> tuple[bool, Choice, tuple[str, ...]]:
+    """Whether `output` chose exactly the option that is `answer`, the choice it made, and the
+    options it was read against.
 
     An output equal to the answer after normalisation is correct without further reading.
     An answer that is not among the options (free-form type-4 probes) is judged as one more
     option, so that naming it and nothing else still counts.
     """
-    if not output.strip():
-        return False
-    if normalise(output) == normalise(answer):
-        return True
     candidates = tuple(options)
     target = _answer_index(answer, candidates)
     if target is None:
         candidates = (*candidates, answer)
         target = len(candidates) - 1
-    return choose_option(output, candidates).index == target
+    if not output.strip():
+        return False, Choice(None, (), "empty"), candidates
+    if normalise(output) == normalise(answer):
+        return True, Choice(target, (target,), "exact"), candidates
+    choice = choose_option(output, candidates)
+    return choice.index == target, choice, candidates
 
 
 def is_consistent(output_a: str, output_b: str, options: Sequence[str]) -> bool:
