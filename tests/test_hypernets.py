@@ -630,6 +630,10 @@ def test_missing_hypernetwork_names_the_train_command(
     message = str(error.value)
     assert "train it with: python train.py method=mend model=tiny dataset=tiny" in message
     assert str(editor.path) in message
+    project = HypernetEditor(mend_config(tmp_path / "none", network="project"))
+    assert project.path.name == editor.path.name.replace(".pt", "-project.pt")
+    with pytest.raises(HypernetUnavailableError, match="dataset=tiny method.network=project"):
+        project.prepare(lalm, release.splits["train"])
 
 
 def test_manifest_rejects_a_hypernetwork_trained_for_other_weights(

@@ -1,4 +1,5 @@
-"""Trained hypernetworks on disk: `hypernets/<method>-<model>-<dataset>.pt` and its manifest.
+"""Trained hypernetworks on disk: `hypernets/<method>-<model>-<dataset>[-<network>].pt` and its
+manifest.
 
 A hypernetwork predicts updates for particular weights: its gradient statistics, per-matrix
 learning rates and heads belong to one model. The file therefore carries a manifest (the
@@ -62,12 +63,21 @@ class HypernetManifest:
         ]
 
 
-def hypernet_path(directory: str | Path, method: str, model: str, dataset: str) -> Path:
-    return Path(directory) / f"{method}-{model}-{dataset}.pt"
+DEFAULT_NETWORK = "reference"
 
 
-def train_command(method: str, model: str, dataset: str) -> str:
-    return f"python train.py method={method} model={model} dataset={dataset}"
+def hypernet_path(
+    directory: str | Path, method: str, model: str, dataset: str, network: str = DEFAULT_NETWORK
+) -> Path:
+    """`<method>-<model>-<dataset>.pt`, with `-<network>` for a network other than the
+    default, so that the two never overwrite each other."""
+    suffix = "" if network == DEFAULT_NETWORK else f"-{network}"
+    return Path(directory) / f"{method}-{model}-{dataset}{suffix}.pt"
+
+
+def train_command(method: str, model: str, dataset: str, network: str = DEFAULT_NETWORK) -> str:
+    command = f"python train.py method={method} model={model} dataset={dataset}"
+    return command if network == DEFAULT_NETWORK else f"{command} method.network={network}"
 
 
 def save_hypernet(
@@ -106,7 +116,8 @@ def load_hypernet(path: str | Path, expected: HypernetManifest) -> dict[str, Ten
     Raises HypernetUnavailableError naming the file, every mismatch and the train command.
     """
     path = Path(path)
-    command = train_command(expected.method, expected.model, expected.dataset)
+    network = str(expected.network.get("network", DEFAULT_NETWORK))
+    command = train_command(expected.method, expected.model, expected.dataset, network)
     if not path.is_file():
         raise HypernetUnavailableError(
             f"no {expected.method} hypernetwork for model {expected.model} at {path}; "

@@ -54,6 +54,7 @@ class HypernetConfig(Protocol):
     dataset: str
     hypernet_dir: str
     include_end: bool
+    network: str
     network_fields: tuple[str, ...]
 
     def build_network(
@@ -67,7 +68,9 @@ def network_settings(config: HypernetConfig) -> dict[str, Any]:
 
 
 def config_path(config: HypernetConfig) -> Path:
-    return hypernet_path(config.hypernet_dir, config.name, config.model, config.dataset)
+    return hypernet_path(
+        config.hypernet_dir, config.name, config.model, config.dataset, config.network
+    )
 
 
 def token_embedding(lalm: LALM) -> torch.Tensor:

@@ -2,7 +2,8 @@
 
 The hypernetwork learns on the dataset's training split (validation on its ALL_val slice) to
 edit the model's weights named by the method's roles, and is written with its manifest to
-`hypernets/<method>-<model>-<dataset>.pt`, where `python edit.py method=<method>` finds it.
+`hypernets/<method>-<model>-<dataset>.pt` (`-<network>` added for a network other than the
+reference's), where `python edit.py method=<method>` finds it.
 A killed run resumes with `task.ckpt_path=<run>/checkpoints/last.ckpt`.
 """
 
