@@ -67,6 +67,21 @@ class PreservationPools:
             {a: tuple(found[k] for k in sorted(found)) for a, found in sorted(audio.items())},
         )
 
+    @classmethod
+    def for_editor(
+        cls, train_cases: Sequence[EditCase], name: str, text: int, audio: int
+    ) -> PreservationPools:
+        """The pools of editor `name`, which draws `text` + `audio` preservation prompts per
+        edit; a dataset without training cases to draw them from is refused, saying what to do."""
+        pools = cls.of(train_cases)
+        if text + audio and pools.empty:
+            raise ValueError(
+                f"{name} draws preservation prompts from the training split, but the dataset "
+                "has no training cases; use a dataset with a train split, or "
+                "text_preservation=0 audio_preservation=0"
+            )
+        return pools
+
     @property
     def empty(self) -> bool:
         return not self.text and not self.audio

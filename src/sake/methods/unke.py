@@ -180,14 +180,10 @@ class UnkeEditor:
             )
         if not lalm.modules.parameters(self.config.role):
             raise ValueError(f"{self.name}: role {self.config.role!r} holds no parameters")
-        self.pools = PreservationPools.of(train_cases)
-        wanted = self.config.text_preservation + self.config.audio_preservation
-        if wanted and self.pools.empty:
-            raise ValueError(
-                f"{self.name} keeps outputs on training-split probes, but the dataset has no "
-                "training cases; use a dataset with a train split, or text_preservation=0 "
-                "audio_preservation=0"
-            )
+        config = self.config
+        self.pools = PreservationPools.for_editor(
+            train_cases, self.name, config.text_preservation, config.audio_preservation
+        )
 
     def apply(self, lalm: LALM, case: EditCase) -> EditOutcome:
         start = perf_counter()

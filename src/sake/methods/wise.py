@@ -409,13 +409,10 @@ class WiseEditor:
 
     def prepare(self, lalm: LALM, train_cases: Sequence[EditCase]) -> None:
         """Pool the preservation probes; bind the router to the projection and the decoder."""
-        self.pools = PreservationPools.of(train_cases)
-        wanted = self.config.text_preservation + self.config.audio_preservation
-        if wanted and self.pools.empty:
-            raise ValueError(
-                f"{self.name} draws preservation prompts from the training split, but the "
-                "dataset has no training cases; use a dataset with a train split"
-            )
+        config = self.config
+        self.pools = PreservationPools.for_editor(
+            train_cases, self.name, config.text_preservation, config.audio_preservation
+        )
         self.attach(lalm)
 
     def attach(self, lalm: LALM) -> None:
