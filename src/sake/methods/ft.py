@@ -168,16 +168,14 @@ class FineTuneEditor:
         steps = [0] * len(cases)
         fitted: dict[int, tuple[int, float]] = {}
         active = list(range(len(cases)))
-        batch_of: dict[tuple[int, ...], tuple[Batch, list[int]]] = {}
+        batch_of: dict[tuple[int, ...], Batch] = {}
         with trainable_only(lalm.model, {}), copies.routed(), torch.enable_grad():
             while True:
                 key = tuple(active)
                 if key not in batch_of:
-                    batch_of[key] = routed_batch(
-                        lalm, [cases[k] for k in active], active, audio_rows
-                    )
-                batch, rows = batch_of[key]
-                copies.route(rows)
+                    batch_of[key] = reliability_batch(lalm, [cases[k] for k in active], audio_rows)
+                batch = batch_of[key]
+                copies.route(active)  # one prompt, or one clip, per active edit
                 targets = [cases[k].reliability.answer for k in active]
                 losses = lalm.target_nll(batch, targets, include_end=self.config.supervise_end)
                 going = []
@@ -190,10 +188,7 @@ class FineTuneEditor:
                     return [fitted[edit] for edit in range(len(cases))]
                 optimizer.zero_grad(set_to_none=True)
                 losses[going].sum().backward()
-                stopped = [
-                    edit for edit in range(len(cases)) if edit in fitted or edit not in active
-                ]
-                with copies.held(stopped):
+                with copies.held(sorted(fitted)):
                     optimizer.step()
                 active = [active[position] for position in going]
                 for edit in active:
@@ -203,22 +198,18 @@ class FineTuneEditor:
         return QueryContext()
 
 
-def routed_batch(
-    lalm: LALM, cases: Sequence[EditCase], edits: Sequence[int], audio_rows: bool
-) -> tuple[Batch, list[int]]:
-    """The cases' reliability probes as one batch, and the edit of each row the edited module
-    sees: a prompt per case for a module of the LLM, a clip per case for one of the audio path
-    (whose clips must then differ from case to case)."""
+def reliability_batch(lalm: LALM, cases: Sequence[EditCase], audio_rows: bool) -> Batch:
+    """The cases' reliability probes as one batch. The edited module sees one row per case: a
+    prompt for a module of the LLM, a clip for one of the audio path (whose clips must then
+    differ from case to case)."""
     batch = lalm.prepare([case.reliability for case in cases])
-    if not audio_rows:
-        return batch, list(edits)
     clips = list(batch.inputs.get("audio_paths", ()))
-    if len(clips) != len(cases) or len(set(clips)) != len(clips):
+    if audio_rows and (len(clips) != len(cases) or len(set(clips)) != len(clips)):
         raise ValueError(
             "parallel edits of the audio path need one distinct clip per case; run these "
             "cases one at a time (eval.parallel_edits=1)"
         )
-    return batch, list(edits)
+    return batch
 
 
 def build_ft(**fields: object) -> FineTuneEditor:
