@@ -102,10 +102,6 @@ class AlphaEditEditor(MemitEditor):
         }
         self.extras = {}
 
-    def null_space_rank(self, role: str) -> int:
-        """How many directions of the role's inputs the updates may use."""
-        return int(round(float(torch.trace(self._projectors[role]))))
-
     def _layer_update(self, role: str, keys: Tensor, residuals: Tensor) -> Tensor:
         projector = self._projectors[role].to(keys.device)
         earlier = self.state.key_moments.get(role)

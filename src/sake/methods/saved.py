@@ -195,8 +195,3 @@ def edit_file_name(case_ids: Sequence[str], sequence: int | None = None) -> str:
     """Where under `<run>/edits/` an edit goes: its case id, or its sequence's number."""
     stem = f"sequence_{sequence}" if sequence is not None else case_ids[0]
     return stem.replace("/", "__") + ".safetensors"
-
-
-def method_settings(method: Mapping[str, Any]) -> dict[str, Any]:
-    """A method config as plain JSON-able data (what a saved edit keeps to rebuild it)."""
-    return json.loads(json.dumps(dict(method), default=str))
