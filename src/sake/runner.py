@@ -395,13 +395,11 @@ class EditRunner:
                 specificity = self._specificity(cases, pre_edit, post_edit, routing.route)
         finally:
             self.editor.state.reset()
-        start = 0
-        for case, outcome, scores in zip(cases, outcomes, specificity, strict=True):
-            count = len(list(case.probes()))
-            fields = {"protocol": "single", **self._case_fields(case, outcome, {})}
-            outputs = post_edit.texts[start : start + count]
-            self._write(fields, case, pre_edit[case.case_id].outputs, outputs, scores)
-            start += count
+        fields = [
+            {"protocol": "single", **self._case_fields(case, outcome, {})}
+            for case, outcome in zip(cases, outcomes, strict=True)
+        ]
+        self._write_cases(cases, fields, pre_edit, post_edit, specificity)
 
     def _single_case(
         self, case: EditCase, pre_edit: Mapping[str, PreEdit], edit: Callable[[], EditOutcome]
@@ -490,10 +488,8 @@ class EditRunner:
         cases = [sequence.cases[j] for j in evaluated]
         post_edit = self._ask(cases, pre_edit)
         specificity = self._specificity(cases, pre_edit, post_edit)
-        start = 0
-        for j, case, scores in zip(evaluated, cases, specificity, strict=True):
-            count = len(list(case.probes()))
-            fields = {
+        fields = [
+            {
                 "protocol": "sequential",
                 "sequence": sequence.index,
                 "step": step,
@@ -501,9 +497,9 @@ class EditRunner:
                 "gap": step - j,
                 **self._case_fields(case, *applied[j]),
             }
-            outputs = post_edit.texts[start : start + count]
-            self._write(fields, case, pre_edit[case.case_id].outputs, outputs, scores)
-            start += count
+            for j, case in zip(evaluated, cases, strict=True)
+        ]
+        self._write_cases(cases, fields, pre_edit, post_edit, specificity)
 
     # ------------------------------------------------------------------ shared steps
 
@@ -657,6 +653,22 @@ class EditRunner:
             if snapshot is not None:
                 snapshot.restore()
             self.editor.state.reset()
+
+    def _write_cases(
+        self,
+        cases: Sequence[EditCase],
+        fields: Sequence[Mapping[str, Any]],
+        pre_edit: Mapping[str, PreEdit],
+        post_edit: Answers,
+        specificity: Sequence[Sequence[Scores]],
+    ) -> None:
+        """One record per case, from answers asked together (case after case in `post_edit`)."""
+        start = 0
+        for case, own, scores in zip(cases, fields, specificity, strict=True):
+            count = len(list(case.probes()))
+            outputs = post_edit.texts[start : start + count]
+            self._write(own, case, pre_edit[case.case_id].outputs, outputs, scores)
+            start += count
 
     def _write(
         self,
