@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from dataclasses import fields
 from pathlib import Path
 
 import torch
@@ -10,7 +9,7 @@ import torch
 from lalm_fixtures import assert_unchanged, parameters
 from sake.data.readers import SakeRelease
 from sake.data.schema import EditCase
-from sake.methods.base import NOT_EDITOR_SETTINGS, Editor, build_editor
+from sake.methods.base import Editor
 from sake.methods.grace import Codebook, GraceConfig, GraceEditor, replaced
 from sake.models.desta import DestaLALM
 from test_memit import run_protocols
@@ -103,11 +102,3 @@ def test_single_and_sequential_editing_through_the_runner(
     lalm: DestaLALM, release: SakeRelease, tmp_path: Path
 ) -> None:
     run_protocols(grace(), lalm, release, tmp_path)
-
-
-def test_config_is_exactly_the_dataclass(compose_cfg) -> None:
-    cfg = compose_cfg("edit", ["method=grace"])
-    editor = build_editor(cfg.method)
-    assert isinstance(editor, GraceEditor) and editor.name == "grace"
-    declared = {key for key in cfg.method if key not in NOT_EDITOR_SETTINGS}
-    assert declared == {field.name for field in fields(GraceConfig)}

@@ -21,6 +21,7 @@ from lalm_fixtures import (
 )
 from sake.data.readers import SakeRelease
 from sake.data.schema import EditCase
+from sake.methods.alphaedit import AlphaEditConfig, AlphaEditEditor
 from sake.methods.base import (
     NOT_EDITOR_SETTINGS,
     AppliedEdit,
@@ -31,6 +32,7 @@ from sake.methods.base import (
     build_editor,
 )
 from sake.methods.ft import FineTuneConfig, FineTuneEditor
+from sake.methods.grace import GraceConfig, GraceEditor
 from sake.methods.ike import (
     DemonstrationConfig,
     DemonstrationEditor,
@@ -48,6 +50,8 @@ METHOD_CONFIGS = {
     "ft_audio": (FineTuneEditor, FineTuneConfig),
     "i_ike": (InstructionEditor, InstructionConfig),
     "ie_ike": (DemonstrationEditor, DemonstrationConfig),
+    "alphaedit": (AlphaEditEditor, AlphaEditConfig),
+    "grace": (GraceEditor, GraceConfig),
 }
 
 SHARED_PROMPTS = Path(__file__).resolve().parents[2] / "shared" / "sake" / "reference_prompts.json"
